@@ -1,0 +1,52 @@
+"""Shared fixtures: the real data root, tiny configs and a clean environment per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("VAE_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
+
+#: Overrides that make any run tiny: a few hundred MNIST images, one short epoch, no tracker.
+TINY = [
+    "data.train_subset=500",
+    "data.val_size=500",
+    "data.batch_size=50",
+    "data.eval_batch_size=500",
+    "trainer.max_epochs=1",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"real MNIST not found under {DATA_ROOT}; set VAE_LAB_DATA to the shared data folder")
+    return DATA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a wandb key or leaks distributed-training variables into the next one."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", os.devnull)
+
+
+def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 600, env: dict | None = None):
+    """Run ``python -m <module> <overrides>`` in a subprocess, as a user would."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,52 @@
+"""Assemble a data module and a VAE from a composed config: the one place that knows how the
+config groups fit together (train, evaluate and the tests all build through here)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vae_lab.data import ImageDataModule
+from vae_lab.likelihoods import Likelihood
+from vae_lab.module import VAE
+
+
+def build_likelihood(cfg: DictConfig, channels: int) -> Likelihood:
+    return instantiate(cfg.likelihood, channels=channels)
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    """The data module, serving the form of pixels the chosen likelihood models.
+
+    The likelihood's class declares the form, so an impossible pair (a Bernoulli likelihood on grey
+    pixels) is refused here, before anything is loaded.
+    """
+    from hydra.utils import get_class
+
+    data_form = get_class(cfg.likelihood._target_).data_form
+    return instantiate(cfg.data, data_form=data_form)
+
+
+def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
+    """The VAE for this config; every shape comes from the data module."""
+    image_shape = datamodule.image_shape
+    latent_dim = cfg.model.latent_dim
+    likelihood = build_likelihood(cfg, channels=image_shape[0])
+    encoder = instantiate(cfg.model.encoder, image_shape=image_shape, latent_dim=latent_dim)
+    decoder = instantiate(
+        cfg.model.decoder,
+        image_shape=image_shape,
+        latent_dim=latent_dim,
+        out_channels=likelihood.parameters_per_channel * image_shape[0],
+    )
+    prior = instantiate(cfg.prior, latent_dim=latent_dim, encoder=encoder, datamodule=datamodule)
+    return VAE(
+        encoder=encoder,
+        decoder=decoder,
+        likelihood=likelihood,
+        prior=prior,
+        objective=instantiate(cfg.objective),
+        optimizer=instantiate(cfg.optimizer),
+        image_shape=image_shape,
+        seed=cfg.seed,
+    )

@@ -1,0 +1,227 @@
+"""What MNIST and CIFAR-10 share: splits, the served pixel form, fixed evaluation sets, loaders."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from vae_lab.data.batches import InMemoryBatches
+from vae_lab.data_forms import DataForm
+from vae_lab.errors import ConfigError, DataNotFoundError
+
+BINARIZATIONS = ("dynamic", "static", "none")
+
+#: Seeds of the fixed draws every evaluation sees (binarized or dequantized once, for every run).
+EVALUATION_SEED = 1234
+
+
+def binarize(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each pixel ~ Bernoulli(grey value / 255) (dynamic binarization, Burda et al. 2016, sec. 5.1)."""
+    return torch.bernoulli(images.float() / 255.0, generator=generator)
+
+
+def dequantize(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """y = (x + u) / 256 with u ~ U[0, 1): uniform dequantization (Theis et al. 2016, sec. 3.1)."""
+    return (images.float() + torch.rand(images.shape, generator=generator)) / 256.0
+
+
+def as_float(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return images.float()
+
+
+class ImageDataModule(L.LightningDataModule, abc.ABC):
+    """A data set of 8-bit images served in the form the likelihood models.
+
+    Training images are drawn in a fresh order each epoch; with ``binarization=dynamic`` each
+    pixel is re-drawn as Bernoulli(grey value) every time an image is served. Validation and test
+    images are binarized (or dequantized) once with a fixed seed, so every evaluation of every run
+    sees the same bits. The validation split is held out of the training images with
+    ``split_seed``, independent of the run's seed.
+    """
+
+    #: (channels, height, width) of the images.
+    image_shape: tuple[int, int, int]
+    #: Name used in messages.
+    name: str
+
+    def __init__(
+        self,
+        root: str,
+        data_form: DataForm | str,
+        batch_size: int = 100,
+        eval_batch_size: int = 1000,
+        val_size: int = 10_000,
+        binarization: str | None = None,
+        seed: int = 0,
+        split_seed: int = 0,
+        download: bool = False,
+        train_subset: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.data_form = DataForm(data_form)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.binarization = self._check_binarization(binarization)
+        self.seed = seed
+        self.split_seed = split_seed
+        self.download = download
+        self.train_subset = train_subset
+        self.splits: dict[str, torch.Tensor] = {}
+        if not download:
+            self.check_files()
+
+    @property
+    def n_dims(self) -> int:
+        """D, the number of pixel values per image (784 for MNIST, 3072 for CIFAR-10)."""
+        channels, height, width = self.image_shape
+        return channels * height * width
+
+    # ------------------------------------------------------------------ configuration checks
+    def _check_binarization(self, binarization: str | None) -> str:
+        if binarization is None:
+            return "dynamic" if self.data_form is DataForm.BINARY else "none"
+        if binarization not in BINARIZATIONS:
+            raise ConfigError(
+                f"data.binarization={binarization!r} is unknown; use one of {', '.join(BINARIZATIONS)}."
+            )
+        if self.data_form is DataForm.BINARY and binarization == "none":
+            raise ConfigError(
+                "This likelihood is a distribution over binary pixels, but data.binarization=none serves "
+                "grey values. Binarize the data (data.binarization=dynamic or static), or choose a "
+                "likelihood for grey values (likelihood=gaussian, laplace, continuous_bernoulli, "
+                "discretized_logistic or categorical)."
+            )
+        if self.data_form is not DataForm.BINARY and binarization != "none":
+            raise ConfigError(
+                f"data.binarization={binarization} serves binary pixels, but this likelihood models "
+                f"{self.data_form.value} pixels. Use likelihood=bernoulli for binarized data, or "
+                "data.binarization=none for this likelihood."
+            )
+        return binarization
+
+    @abc.abstractmethod
+    def expected_files(self) -> Sequence[Path]:
+        """Every file the data set reads."""
+
+    @abc.abstractmethod
+    def how_to_get(self) -> str:
+        """One or two sentences on where to obtain the files."""
+
+    def check_files(self) -> None:
+        """Raise one clear error naming every missing file, before any other work starts."""
+        missing = [path for path in self.expected_files() if not path.is_file()]
+        if missing:
+            listing = "\n".join(f"  - {path}" for path in missing)
+            raise DataNotFoundError(
+                f"{self.name} is not at data root {self.root}: missing\n{listing}\n"
+                f"{self.how_to_get()} Set the data root with data.root=<folder> or the VAE_LAB_DATA "
+                "environment variable."
+            )
+
+    # ------------------------------------------------------------------ loading
+    @abc.abstractmethod
+    def load_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training images, test images) as uint8 tensors of shape [N, C, H, W]."""
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self.download_files()
+        self.check_files()
+
+    def download_files(self) -> None:
+        """Fetch the files (needs network); subclasses that can download override this."""
+        raise DataNotFoundError(f"{self.name} cannot be downloaded by vae_lab. {self.how_to_get()}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_and_val, test = self.load_uint8()
+        if self.val_size >= train_and_val.shape[0]:
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images out of {train_and_val.shape[0]}; "
+                f"use data.val_size < {train_and_val.shape[0]}."
+            )
+        order = torch.randperm(train_and_val.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
+        train = train_and_val[order[self.val_size :]]
+        if self.train_subset:
+            train = train[: self.train_subset]
+        self.splits = {
+            "train": self._fixed_train(train),
+            "val": self._fixed_eval(train_and_val[order[: self.val_size]], EVALUATION_SEED),
+            "test": self._fixed_eval(test, EVALUATION_SEED + 1),
+        }
+        if self.batch_size > self.splits["train"].shape[0]:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the {self.splits['train'].shape[0]} "
+                "training images; use a smaller data.batch_size."
+            )
+
+    def _fixed_train(self, images: torch.Tensor) -> torch.Tensor:
+        """Static binarization draws the training bits once; otherwise keep the 8-bit images."""
+        if self.binarization == "static":
+            return binarize(images, torch.Generator().manual_seed(EVALUATION_SEED - 1)).to(torch.uint8)
+        return images
+
+    def _fixed_eval(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """Evaluation images in the served form, drawn once with a fixed seed."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.data_form is DataForm.BINARY:
+            return binarize(images, generator)
+        if self.data_form is DataForm.CONTINUOUS:
+            return dequantize(images, generator)
+        return images.float()
+
+    def _train_transform(self):
+        if self.data_form is DataForm.BINARY:
+            return binarize if self.binarization == "dynamic" else as_float
+        if self.data_form is DataForm.CONTINUOUS:
+            return dequantize
+        return as_float
+
+    # ------------------------------------------------------------------ loaders
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_dataloader(self) -> InMemoryBatches:
+        return InMemoryBatches(
+            self.splits["train"],
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            transform=self._train_transform(),
+            epoch=self._epoch,
+            rank=self._rank,
+            world_size=self._world_size,
+            drop_last=True,
+        )
+
+    def _eval_loader(self, split: str) -> InMemoryBatches:
+        return InMemoryBatches(
+            self.splits[split], self.eval_batch_size, shuffle=False, rank=self._rank, world_size=self._world_size
+        )
+
+    def val_dataloader(self) -> InMemoryBatches:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> InMemoryBatches:
+        return self._eval_loader("test")
+
+    def example_images(self, split: str = "test", n: int = 8) -> torch.Tensor:
+        """The first n images of a split in the served form (for image grids and VampPrior init)."""
+        self.setup()
+        images = self.splits[split][:n]
+        if split == "train":
+            return self._train_transform()(images, torch.Generator().manual_seed(self.seed))
+        return images

@@ -1,0 +1,10 @@
+"""Likelihood families p(x|z): each turns decoder output into a ``torch.distributions`` object.
+
+One class per file; each has a yaml file of the same name in ``conf/likelihood/``.
+"""
+
+from vae_lab.likelihoods.base import Likelihood
+from vae_lab.likelihoods.bernoulli import BernoulliLikelihood
+from vae_lab.likelihoods.gaussian import GaussianLikelihood
+
+__all__ = ["Likelihood", "BernoulliLikelihood", "GaussianLikelihood"]

@@ -1,0 +1,158 @@
+"""The LightningModule: a VAE with a pluggable likelihood p(x|z), prior p(z) and objective."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, kl_divergence
+
+from vae_lab.data_forms import DataForm
+from vae_lab.errors import ConfigError
+from vae_lab.likelihoods import Likelihood
+from vae_lab.objectives import ELBOTerms, Objective
+from vae_lab.priors import Prior
+
+METRICS = ("elbo", "reconstruction", "kl", "bpd")
+
+
+class VAE(L.LightningModule):
+    """Variational autoencoder (Kingma & Welling 2014) trained on a chosen objective.
+
+    ``encoder(x)`` returns q(z|x); ``decoder(z)`` returns the parameters that ``likelihood`` turns
+    into p(x|z); ``prior`` is p(z). Every metric is in nats per image (summed over pixels), except
+    ``bpd`` (bits per dimension, with the offset the data form requires).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        prior: Prior,
+        objective: Objective,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        image_shape: tuple[int, int, int],
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.prior = prior
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.image_shape = tuple(image_shape)
+        self.n_dims = int(torch.Size(image_shape).numel())  # D, pixel values per image
+        self.seed = seed
+        self.data_form: DataForm = likelihood.data_form
+        if objective.kl == "analytic" and not self.has_analytic_kl:
+            raise ConfigError(
+                f"objective.kl=analytic needs a prior with a closed-form KL against the Gaussian posterior, "
+                f"and {type(prior).__name__} has none. Use objective.kl=mc (or auto), or prior=standard."
+            )
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def has_analytic_kl(self) -> bool:
+        return self.prior.distribution() is not None
+
+    @property
+    def use_analytic_kl(self) -> bool:
+        return self.objective.kl != "mc" and self.has_analytic_kl
+
+    def posterior(self, x: torch.Tensor) -> Independent:
+        """q(z|x), from images in the served form."""
+        return self.encoder(self.data_form.to_unit_interval(x))
+
+    def observation_model(self, z: torch.Tensor) -> Distribution:
+        """p(x|z), with event shape (C, H, W)."""
+        return self.likelihood(self.decoder(z))
+
+    def elbo_terms(self, x: torch.Tensor, n_samples: int) -> ELBOTerms:
+        """The terms of the ELBO with ``n_samples`` reparameterized z per image (Kingma & Welling
+        2014, eq. 7): the same computation the training step spells out."""
+        posterior = self.posterior(x)
+        z = posterior.rsample((n_samples,))
+        log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)
+        kl, kl_per_dim = self.kl_divergence(posterior, log_prior, log_posterior)
+        return ELBOTerms(self.observation_model(z).log_prob(x), log_prior, log_posterior, kl, kl_per_dim)
+
+    def kl_divergence(
+        self, posterior: Independent, log_prior: torch.Tensor, log_posterior: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """KL(q(z|x) || p(z)): (total [B], per latent dimension [B, Dz] or None).
+
+        Analytic (Kingma & Welling 2014, appendix B) when the prior has a registered closed form and
+        ``objective.kl`` allows it; otherwise the Monte Carlo estimate mean_l[log q(z_l|x) - log p(z_l)].
+        """
+        if self.use_analytic_kl:
+            prior = self.prior.distribution()
+            if self.prior.is_factorized:
+                per_dim = kl_divergence(posterior.base_dist, prior.base_dist)
+                return per_dim.sum(-1), per_dim
+            return kl_divergence(posterior, prior), None
+        return (log_posterior - log_prior).mean(0), None
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """One gradient step on the ELBO (Kingma & Welling 2014, eqs. 3 and 7):
+
+            ELBO(x) = E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x),
+
+        with z = mu(x) + sigma(x) * eps, eps ~ N(0, I), L = objective.n_samples samples per image.
+        """
+        posterior = self.posterior(x)  # q(z|x) = N(mu(x), diag sigma^2(x))
+        z = posterior.rsample((self.objective.n_samples,))  # reparameterized, [L, B, latent_dim]
+        log_likelihood = self.observation_model(z).log_prob(x)  # log p(x|z), summed over pixels: [L, B]
+        log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)  # [L, B] each
+        kl, kl_per_dim = self.kl_divergence(posterior, log_prior, log_posterior)  # KL(q || p): [B]
+        terms = ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim)  # ELBO = E_q log p(x|z) - KL
+        loss = self.objective.loss(terms, step=self.global_step, epoch=self.current_epoch)
+        self.log_terms("train", terms)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # The epoch's noise (reparameterization) is a function of (seed, epoch, rank) only, so a run
+        # resumed from an epoch-end checkpoint draws exactly what the uninterrupted run drew.
+        torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank)
+        for name, value in self.objective.logged_values(self.global_step, self.current_epoch).items():
+            self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        self.log_terms("val", self.elbo_terms(x, n_samples=1))
+
+    def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        self.log_terms("test", self.elbo_terms(x, n_samples=1))
+
+    def log_terms(self, stage: str, terms: ELBOTerms) -> None:
+        """Log elbo, reconstruction, kl (nats per image) and bpd, averaged over images and ranks."""
+        elbo = terms.elbo
+        values = {
+            "elbo": elbo,
+            "reconstruction": terms.reconstruction,
+            "kl": terms.kl,
+            "bpd": self.data_form.bits_per_dim(-elbo, self.n_dims),
+        }
+        for name, value in values.items():
+            self.log(
+                f"{stage}/{name}", value.mean(), on_step=False, on_epoch=True, batch_size=elbo.shape[0], sync_dist=True
+            )
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_factory(self.parameters())
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x|z] at z = the posterior mean, on the [0, 1] scale."""
+        return self.likelihood.mean_image(self.observation_model(self.posterior(x).mean))
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """E[x|z] for n draws z ~ p(z), on the [0, 1] scale."""
+        return self.likelihood.mean_image(self.observation_model(self.prior.sample(n)))

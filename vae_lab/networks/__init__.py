@@ -1,0 +1,8 @@
+"""Encoder and decoder networks. The encoder maps x to q(z|x); the decoder maps z to the
+likelihood's parameters. Input and output shapes come from the data module, never from a config."""
+
+from vae_lab.networks.base import GaussianEncoder, make_activation
+from vae_lab.networks.conv import ConvDecoder, ConvEncoder
+from vae_lab.networks.mlp import MLPDecoder, MLPEncoder
+
+__all__ = ["GaussianEncoder", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]

@@ -1,0 +1,7 @@
+"""Training objectives: how the terms of the ELBO become a loss. One class per file, one yaml
+each in ``conf/objective/``."""
+
+from vae_lab.objectives.base import ELBOTerms, Objective
+from vae_lab.objectives.elbo import ELBO
+
+__all__ = ["ELBOTerms", "Objective", "ELBO"]

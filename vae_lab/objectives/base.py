@@ -1,0 +1,76 @@
+"""The terms of the ELBO for one batch, and the interface of an objective built from them."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vae_lab.errors import ConfigError
+
+KL_MODES = ("auto", "analytic", "mc")
+
+
+@dataclass
+class ELBOTerms:
+    """Everything the ELBO and its variants need, for L samples z_l ~ q(z|x) per image.
+
+    All values are in nats per image, summed over pixels (and latent dimensions).
+    """
+
+    #: log p(x|z_l), shape [L, B].
+    log_likelihood: torch.Tensor
+    #: log p(z_l), shape [L, B].
+    log_prior: torch.Tensor
+    #: log q(z_l|x), shape [L, B].
+    log_posterior: torch.Tensor
+    #: KL(q(z|x) || p(z)), analytic or the Monte Carlo mean over the L samples, shape [B].
+    kl: torch.Tensor
+    #: The KL of each latent dimension when the prior factorizes, shape [B, latent_dim]; else None.
+    kl_per_dim: torch.Tensor | None = None
+
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        """E_q(z|x)[log p(x|z)], estimated by the mean over the L samples, shape [B]."""
+        return self.log_likelihood.mean(0)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), shape [B] (Kingma & Welling 2014, eq. 3)."""
+        return self.reconstruction - self.kl
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """Importance log-weights log p(x, z_l) - log q(z_l|x), shape [L, B] (Burda et al. 2016, eq. 8)."""
+        return self.log_likelihood + self.log_prior - self.log_posterior
+
+    def importance_weighted_bound(self) -> torch.Tensor:
+        """L_k = log (1/k) sum_l w_l with k = L (Burda et al. 2016, eq. 8), shape [B]."""
+        return torch.logsumexp(self.log_weights, dim=0) - math.log(self.log_weights.shape[0])
+
+
+class Objective(abc.ABC):
+    """Turns :class:`ELBOTerms` into the scalar loss that training minimises.
+
+    ``n_samples`` is how many z the training step draws per image; ``kl`` chooses the analytic KL
+    (``analytic``), the Monte Carlo estimate log q(z|x) - log p(z) (``mc``), or analytic when the
+    prior allows it (``auto``).
+    """
+
+    def __init__(self, n_samples: int = 1, kl: str = "auto") -> None:
+        if n_samples < 1:
+            raise ConfigError(f"objective.n_samples={n_samples} must be at least 1 (samples of z per image).")
+        if kl not in KL_MODES:
+            raise ConfigError(f"objective.kl={kl!r} is unknown; use one of {', '.join(KL_MODES)}.")
+        self.n_samples = n_samples
+        self.kl = kl
+
+    @abc.abstractmethod
+    def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
+        """The scalar to minimise for this batch, at this global step and epoch."""
+
+    def logged_values(self, step: int, epoch: int) -> dict[str, float]:
+        """Schedule values worth logging (for example the current KL weight)."""
+        return {}
