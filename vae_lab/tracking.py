@@ -44,9 +44,16 @@ def resolve_wandb_mode(requested: str) -> str:
 
 
 def make_wandb_logger(
-    settings: DictConfig, run_dir: Path, name: str, config: dict[str, Any], run_id: str | None = None
+    settings: DictConfig,
+    run_dir: Path,
+    name: str,
+    config: dict[str, Any],
+    run_id: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
 ):
-    """A Lightning ``WandbLogger`` writing under ``run_dir/wandb``, or None when wandb is disabled."""
+    """A Lightning ``WandbLogger`` writing under ``run_dir/wandb``, or None when wandb is disabled.
+    ``group`` and ``tags`` default to the settings'; with ``run_id`` an existing run is resumed."""
     mode = resolve_wandb_mode(settings.mode)
     if mode == "disabled":
         return None
@@ -58,8 +65,8 @@ def make_wandb_logger(
         project=settings.project,
         entity=settings.entity,
         name=name,
-        group=settings.group,
-        tags=list(settings.tags or []),
+        group=group if group is not None else settings.group,
+        tags=list(tags if tags is not None else settings.tags or []),
         save_dir=str(run_dir),
         offline=mode == "offline",
         id=run_id,

@@ -6,7 +6,6 @@ metrics CSV, image grids, ``summary.json``, the wandb run) go to Hydra's output 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.errors import VaeLabError
+from vae_lab.jobs import Job, run_job
+from vae_lab.launchers import register_launcher_configs
 
 CONFIG_PATH = "pkg://vae_lab.conf"
+register_launcher_configs()
 
 
-def run_name() -> str:
-    """The command's overrides, e.g. ``data=cifar,likelihood=gaussian``: how the run is named."""
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "data.root", "resume"))]
-    return ",".join(sorted(overrides)) or "default"
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, evaluate the best checkpoint, save images and the summary; returns the summary."""
+def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
+    """Fit, evaluate the best checkpoint, save images and the summary; returns the summary.
+    ``job`` (vae_lab.jobs) says where this process stands: rank, resume, wandb identity."""
+    if job is None:
+        job = Job.from_hydra()
+        job.prepare(cfg)
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -37,7 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
-    from vae_lab.tracking import make_wandb_logger, offline_sync_hint
+    from vae_lab.tracking import offline_sync_hint
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -53,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     wandb_logger = None
     if cfg.logger.get("wandb"):
-        wandb_logger = make_wandb_logger(cfg.logger.wandb, run_dir, run_name(), resolved_config)
+        wandb_logger = job.make_wandb_logger(cfg.logger.wandb, resolved_config)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
 
@@ -68,20 +67,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoints],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoints, *job.trainer_callbacks()],
+        plugins=[AtomicCheckpointIO(), *job.trainer_plugins()],
         default_root_dir=str(run_dir),
     )
-    trainer.fit(model, datamodule=datamodule)
     metrics: dict[str, float] = {}
-    for results in (
-        trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False),
-        trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False),
-    ):
-        metrics.update({name: float(value) for name, value in results[0].items()})
+    with job.processes(trainer, cfg):  # under DDP: the other ranks, started here and joined at the end
+        trainer.fit(model, datamodule=datamodule, ckpt_path=job.checkpoint_to_resume)
+        for results in (
+            trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False),
+            trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False),
+        ):
+            metrics.update({name: float(value) for name, value in results[0].items()})
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
+        job.check_finite(metrics)
+        job.finish_outputs()
         test_images = datamodule.example_images("test", 32).to(model.device)
         images = {
             "reconstructions": reconstruction_grid(
@@ -97,6 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
             wandb_logger.experiment.summary.update(metrics)
         summary = {
+            **job.summary_fields(),
             "status": "complete",
             "config": resolved_config,
             "choices": dict(hydra_config.runtime.choices),
@@ -123,12 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        summary = train(cfg)
-    except VaeLabError as error:
-        print(f"vae_lab: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return summary.get("metrics", {}).get("val/elbo")
+    return run_job(cfg, train)
 
 
 if __name__ == "__main__":

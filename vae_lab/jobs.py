@@ -1,0 +1,361 @@
+"""The life of one job, whether a single run or one job of a multirun, under any launcher and on
+any rank: what it may use, whether it runs at all, how it is named in wandb, and how it ends.
+
+:func:`run_job` wraps vae_lab.train's ``train(cfg, job)``:
+
+1. Place: under submitit with several tasks, take the rank from ``submitit.JobEnvironment()``;
+   under ``hydra/launcher=joblib``, hold this worker's GPU lease or use ``cores // workers`` CPU
+   threads (vae_lab.devices).
+2. Plan (vae_lab.run_state): fresh, resume from ``checkpoints/last.ckpt`` (``resume=true``), skip a
+   complete run, or refuse a directory that holds another run. Rank 0 marks the run ``running``
+   in ``summary.json`` with its resolved config and wandb run id.
+3. Train. Ranks 1..N-1 are started by vae_lab (vae_lab.distributed) and write nothing; rank 0
+   writes checkpoints, images, ``summary.json`` and the wandb run.
+4. End, also on failure: a failed job gets ``status: failed`` with the error in its
+   ``summary.json`` and its wandb run (summary ``status``/``error``, exit code 1); the wandb run is
+   always finished (so the next job of the process gets its own run), and the process environment
+   is restored (``WandbLogger(offline=True)`` and DDP set variables for the whole process).
+
+Errors: a single run exits as before (a VaeLabError prints its message and exits 2; anything else
+raises). In a multirun a failing job raises :class:`JobFailedError`, which Hydra records as that
+job's failure while the other jobs go on; the multirun exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lab import distributed, run_state
+from vae_lab.errors import VaeLabError
+from vae_lab.launchers import LauncherKind, launcher_kind
+
+#: Override keys that do not name a job in wandb (paths, resuming, launcher and sweep plumbing).
+UNNAMED_OVERRIDES = ("hydra", "data.root", "resume", "sweep")
+#: Config groups whose choices become wandb tags (``likelihood:gaussian``).
+TAGGED_GROUPS = ("data", "likelihood", "prior", "model", "objective", "trainer")
+#: The file in a sweep directory that fixes the sweep's wandb group across workers and re-launches.
+GROUP_FILE = ".wandb_group"
+
+
+class NonFiniteMetricsError(ArithmeticError):
+    """Training ended with a non-finite ELBO: the job failed even though nothing raised."""
+
+
+class JobFailedError(Exception):
+    """One job of a multirun failed; the details are in its summary.json (picklable, so that the
+    joblib and submitit launchers can hand it back)."""
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def job_name(overrides: list[str]) -> str:
+    """The job's own overrides, e.g. ``likelihood=gaussian,prior=mog``: how its wandb run is named."""
+    named = [
+        o
+        for o in overrides
+        if not any(_override_key(o) == key or _override_key(o).startswith((key + ".", key + "/")) for key in UNNAMED_OVERRIDES)
+    ]
+    return ",".join(sorted(named)) or "default"
+
+
+def sweep_group(sweep_dir: Path, sweep_name: str) -> str:
+    """The wandb group of a multirun: ``<sweep name>-<start time>``, fixed by the first job that
+    asks (in ``<sweep dir>/.wandb_group``), so that all workers and later re-launches of the sweep
+    into the same directory agree."""
+    path = Path(sweep_dir) / GROUP_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_name(f"{GROUP_FILE}.{os.getpid()}.tmp")
+        candidate.write_text(f"{sweep_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}\n")
+        try:
+            os.link(candidate, path)  # atomic: exactly one job's name wins
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def _new_attempt() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+
+
+@dataclass
+class Job:
+    """One process's view of the job it runs (built from Hydra's runtime config)."""
+
+    run_dir: Path
+    multirun: bool
+    launcher: LauncherKind
+    launcher_config: dict[str, Any]
+    sweep_dir: Path | None
+    sweep_name: str
+    overrides: list[str]
+    choices: dict[str, str]
+    attempt: str
+    global_rank: int = 0
+    threads: int | None = None
+    threads_from_launcher: bool = False
+    plan: run_state.LaunchPlan | None = None
+    wandb_logger: Any = None
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_hydra(cls) -> Job:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_config = HydraConfig.get()
+        multirun = hydra_config.mode == RunMode.MULTIRUN
+        choices = {str(k): str(v) for k, v in hydra_config.runtime.choices.items()}
+        launcher_config = OmegaConf.to_container(hydra_config.launcher, resolve=True) if multirun else {}
+        return cls(
+            run_dir=Path(hydra_config.runtime.output_dir),
+            multirun=multirun,
+            launcher=launcher_kind(launcher_config.get("_target_")) if multirun else LauncherKind.BASIC,
+            launcher_config=launcher_config,
+            sweep_dir=Path(hydra_config.sweep.dir).absolute() if multirun else None,
+            sweep_name=choices.get("sweep") or ("multirun" if multirun else "run"),
+            overrides=list(hydra_config.overrides.task),
+            choices=choices,
+            attempt=distributed.launch_attempt() or _new_attempt(),
+            global_rank=distributed.global_rank_from_environment(),
+        )
+
+    # ------------------------------------------------------------------ roles
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def started_by_vae_lab(self) -> bool:
+        """A rank that vae_lab's rank 0 started (it follows rank 0's plan and writes nothing)."""
+        return bool(os.environ.get(distributed.LAUNCHED_BY))
+
+    # ------------------------------------------------------------------ before training
+    def prepare(self, cfg: DictConfig) -> None:
+        """Steps 1 and 2 of the module doc."""
+        if self.launcher in (LauncherKind.SUBMITIT_LOCAL, LauncherKind.SUBMITIT_SLURM) and distributed.adopt_submitit_ranks():
+            self.global_rank = distributed.global_rank_from_environment()
+        if self.launcher is LauncherKind.JOBLIB:
+            self._share_machine(cfg)
+        if cfg.get("threads"):
+            self.threads = int(cfg.threads)
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        self.plan = run_state.plan_launch(
+            self.run_dir, bool(cfg.get("resume", False)), config, self.attempt, os.environ.get("WANDB_RUN_ID")
+        )
+        if self.plan.skip or not self.is_rank_zero or self.started_by_vae_lab:
+            return
+        if self.plan.checkpoint is not None:
+            run_state.keep_metrics_before_resume(self.run_dir, run_state.checkpoint_epoch(self.plan.checkpoint))
+            print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
+        run_state.write_running_summary(self.run_dir, {**self.summary_fields(), "config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def _share_machine(self, cfg: DictConfig) -> None:
+        """Under joblib: a GPU lease per worker, or this worker's share of the CPU cores."""
+        from vae_lab import devices
+
+        workers = devices.worker_count(int(self.launcher_config.get("n_jobs", -1)))
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available()):
+            from vae_lab.launchers import processes_per_node
+
+            devices.lease_gpus(processes_per_node(cfg.trainer.get("devices", 1)))
+        elif not cfg.get("threads"):
+            self.threads = devices.threads_per_worker(workers)
+            self.threads_from_launcher = True
+
+    # ------------------------------------------------------------------ what train() asks
+    def summary_fields(self) -> dict[str, Any]:
+        """What every state of summary.json records about this launch."""
+        checkpoint = self.plan.checkpoint if self.plan else None
+        return {
+            "attempt": self.attempt,
+            "wandb_run_id": self.plan.wandb_run_id if self.plan else None,
+            "resumed_from": str(checkpoint.relative_to(self.run_dir)) if checkpoint else None,
+            "overrides": self.overrides,
+            "choices": self.choices,
+            "launcher": self.launcher.value,
+        }
+
+    @property
+    def checkpoint_to_resume(self) -> str | None:
+        return str(self.plan.checkpoint) if self.plan and self.plan.checkpoint else None
+
+    def wandb_group(self, configured: str | None) -> str | None:
+        if configured:
+            return configured
+        if self.multirun and self.sweep_dir is not None:
+            return sweep_group(self.sweep_dir, self.sweep_name)
+        return None
+
+    def wandb_tags(self, configured: list[str]) -> list[str]:
+        tags = list(configured) + [f"{group}:{self.choices[group]}" for group in TAGGED_GROUPS if group in self.choices]
+        if self.multirun:
+            tags.append(f"sweep:{self.sweep_name}")
+        return [tag[:64] for tag in tags]
+
+    def make_wandb_logger(self, settings: DictConfig | None, config: dict[str, Any]) -> Any:
+        """This job's wandb logger (rank 0 starts its run at once, so that even a job failing in its
+        first step is a run of the group), or None when wandb is off."""
+        if not settings:
+            return None
+        from vae_lab.tracking import make_wandb_logger
+
+        assert self.plan is not None
+        logger = make_wandb_logger(
+            settings,
+            self.run_dir,
+            job_name(self.overrides),
+            config,
+            run_id=self.plan.wandb_run_id,
+            group=self.wandb_group(settings.get("group")) if self.is_rank_zero else settings.get("group"),
+            tags=self.wandb_tags(list(settings.get("tags") or [])),
+        )
+        if logger is not None and self.is_rank_zero and not self.started_by_vae_lab:
+            _ = logger.experiment
+        self.wandb_logger = logger
+        return logger
+
+    def trainer_plugins(self) -> list[Any]:
+        return distributed.slurm_plugins(self.launcher)
+
+    def trainer_callbacks(self) -> list[Any]:
+        return distributed.debug_callbacks(self.run_dir)
+
+    def processes(self, trainer: Any, cfg: DictConfig):
+        """Context for fit/validate/test: the other DDP ranks, started and stopped (vae_lab.distributed)."""
+        distributed.check_supported(trainer, self.launcher)
+        distributed.check_world_size(trainer)
+        threads = self.threads
+        if threads and self.threads_from_launcher:
+            threads = max(1, threads // max(1, trainer.num_devices))
+        return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, threads)
+
+    def check_finite(self, metrics: dict[str, float]) -> None:
+        """A run whose final metrics are NaN or infinite failed (for example it diverged)."""
+        bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+        if bad:
+            listing = ", ".join(f"{name} = {value}" for name, value in sorted(bad.items()))
+            raise NonFiniteMetricsError(
+                f"training ended with non-finite metrics ({listing}); the run diverged. Try a smaller "
+                "optimizer.lr, or gradient clipping (trainer.gradient_clip_val)."
+            )
+
+    def finish_outputs(self) -> None:
+        """Rank 0, after training: put the metrics of the epochs before a resume back into metrics.csv."""
+        if self.is_rank_zero:
+            run_state.merge_metrics_after_resume(self.run_dir)
+
+    # ------------------------------------------------------------------ the end
+    def record_failure(self, cfg: DictConfig, error: BaseException) -> None:
+        """Rank 0: mark the run failed in summary.json and in wandb. Never raises."""
+        if not self.is_rank_zero or self.started_by_vae_lab:
+            return
+        if self.plan is None and (run_state.read_summary_quietly(self.run_dir) or (self.run_dir / run_state.LAST_CHECKPOINT).is_file()):
+            return  # refused before planning: the directory belongs to another run
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        try:
+            fields = {**self.summary_fields(), "failed": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            run_state.write_failed_summary(self.run_dir, fields, error, text)
+        except Exception as write_error:  # e.g. the output dir is not writable: say so, keep the first error
+            print(f"vae_lab: could not record the failure in {self.run_dir}: {write_error}", file=sys.stderr)
+        self._record_failure_in_wandb(cfg, error)
+
+    def _record_failure_in_wandb(self, cfg: DictConfig, error: BaseException) -> None:
+        if self.plan is None or not cfg.get("logger") or not cfg.logger.get("wandb"):
+            return
+        try:
+            if self.wandb_logger is None:
+                self.make_wandb_logger(cfg.logger.wandb, OmegaConf.to_container(cfg, resolve=True))
+            if self.wandb_logger is None:
+                return
+            import wandb
+
+            run = wandb.run
+            if run is None:
+                return
+            run.summary["status"] = "failed"
+            run.summary["error"] = f"{type(error).__name__}: {error}"[:1000]
+            wandb.finish(exit_code=1)
+        except Exception as wandb_error:
+            print(f"vae_lab: could not record the failure in wandb: {wandb_error}", file=sys.stderr)
+
+    def close(self) -> None:
+        """Finish this job's wandb run if it is still open (only when wandb was ever imported)."""
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            try:
+                wandb.finish()
+            except Exception as error:
+                print(f"vae_lab: wandb.finish failed: {error}", file=sys.stderr)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def run_job(cfg: DictConfig, train: Callable[[DictConfig, Job], dict[str, Any]]) -> float | None:
+    """Run ``train(cfg, job)`` as one job (see the module doc); returns the job's val/elbo."""
+    job = Job.from_hydra()
+    saved_environment = dict(os.environ)
+    try:
+        job.prepare(cfg)
+        assert job.plan is not None
+        if job.plan.skip:
+            print(f"vae_lab: {job.run_dir} holds a complete run; skipped (resume=true).")
+            return (job.plan.previous or {}).get("metrics", {}).get("val/elbo")
+        summary = train(cfg, job)
+        return summary.get("metrics", {}).get("val/elbo")
+    except BaseException as error:
+        job.record_failure(cfg, error)
+        raise _error_to_raise(job, error) from None
+    finally:
+        job.close()
+        _restore_environment(saved_environment)
+
+
+def _error_to_raise(job: Job, error: BaseException) -> BaseException:
+    """How a failure leaves the job (see the module doc)."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return error
+    if isinstance(error, VaeLabError):
+        print(f"vae_lab: error: {error}", file=sys.stderr)
+        if not job.multirun or job.started_by_vae_lab:
+            return SystemExit(2)
+    elif not job.multirun or job.started_by_vae_lab:
+        return error
+    else:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    return JobFailedError(
+        f"job {job.run_dir.name} failed: {type(error).__name__}: {error} (recorded in {job.run_dir / run_state.SUMMARY})"
+    )
