@@ -104,12 +104,13 @@ class Job:
     sweep_dir: Path | None
     sweep_name: str
     overrides: list[str]
-    choices: dict[str, str]
+    choices: dict[str, str | None]
     attempt: str
     global_rank: int = 0
     threads: int | None = None
     threads_from_launcher: bool = False
     plan: run_state.LaunchPlan | None = None
+    running: bool = False
     wandb_logger: Any = None
     started: float = field(default_factory=time.time)
 
@@ -120,7 +121,7 @@ class Job:
 
         hydra_config = HydraConfig.get()
         multirun = hydra_config.mode == RunMode.MULTIRUN
-        choices = {str(k): str(v) for k, v in hydra_config.runtime.choices.items()}
+        choices = {str(k): (None if v is None else str(v)) for k, v in hydra_config.runtime.choices.items()}
         launcher_config = OmegaConf.to_container(hydra_config.launcher, resolve=True) if multirun else {}
         return cls(
             run_dir=Path(hydra_config.runtime.output_dir),
@@ -159,16 +160,27 @@ class Job:
 
             torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
-        config = OmegaConf.to_container(cfg, resolve=True)
         self.plan = run_state.plan_launch(
-            self.run_dir, bool(cfg.get("resume", False)), config, self.attempt, os.environ.get("WANDB_RUN_ID")
+            self.run_dir,
+            bool(cfg.get("resume", False)),
+            OmegaConf.to_container(cfg, resolve=True),
+            self.attempt,
+            os.environ.get("WANDB_RUN_ID"),
         )
-        if self.plan.skip or not self.is_rank_zero or self.started_by_vae_lab:
+
+    def start(self, cfg: DictConfig) -> None:
+        """Rank 0, when training is about to start (everything is built): mark the run ``running``
+        in summary.json; when resuming, set aside the metrics of the epochs before the checkpoint.
+        A run refused while it was being built leaves no summary (unless it is a multirun job)."""
+        assert self.plan is not None
+        if not self.is_rank_zero or self.started_by_vae_lab:
             return
         if self.plan.checkpoint is not None:
             run_state.keep_metrics_before_resume(self.run_dir, run_state.checkpoint_epoch(self.plan.checkpoint))
             print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
-        run_state.write_running_summary(self.run_dir, {**self.summary_fields(), "config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
+        self.running = True
 
     def _share_machine(self, cfg: DictConfig) -> None:
         """Under joblib: a GPU lease per worker, or this worker's share of the CPU cores."""
@@ -195,6 +207,7 @@ class Job:
             "overrides": self.overrides,
             "choices": self.choices,
             "launcher": self.launcher.value,
+            "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
         }
 
     @property
@@ -209,8 +222,8 @@ class Job:
         return None
 
     def wandb_tags(self, configured: list[str]) -> list[str]:
-        tags = list(configured) + [f"{group}:{self.choices[group]}" for group in TAGGED_GROUPS if group in self.choices]
-        if self.multirun:
+        tags = list(configured) + [f"{group}:{self.choices[group]}" for group in TAGGED_GROUPS if self.choices.get(group)]
+        if self.multirun or self.choices.get("sweep"):
             tags.append(f"sweep:{self.sweep_name}")
         return [tag[:64] for tag in tags]
 
@@ -240,12 +253,16 @@ class Job:
         return distributed.slurm_plugins(self.launcher)
 
     def trainer_callbacks(self) -> list[Any]:
-        return distributed.debug_callbacks(self.run_dir)
+        from vae_lab.log_flush import FlushLogsAtCheckpoint
+
+        return [FlushLogsAtCheckpoint(), *distributed.debug_callbacks(self.run_dir)]
 
     def processes(self, trainer: Any, cfg: DictConfig):
-        """Context for fit/validate/test: the other DDP ranks, started and stopped (vae_lab.distributed)."""
+        """Context for fit/validate/test: the run starts (:meth:`start`), and under DDP the other
+        ranks are started and joined (vae_lab.distributed)."""
         distributed.check_supported(trainer, self.launcher)
         distributed.check_world_size(trainer)
+        self.start(cfg)
         threads = self.threads
         if threads and self.threads_from_launcher:
             threads = max(1, threads // max(1, trainer.num_devices))
@@ -268,11 +285,16 @@ class Job:
 
     # ------------------------------------------------------------------ the end
     def record_failure(self, cfg: DictConfig, error: BaseException) -> None:
-        """Rank 0: mark the run failed in summary.json and in wandb. Never raises."""
-        if not self.is_rank_zero or self.started_by_vae_lab:
+        """Rank 0: mark the run failed in summary.json and in wandb. Never raises.
+
+        Recorded: a run that started (or whose wandb run exists), and any multirun job that got
+        past planning, so that a sweep's directory says which jobs failed. Not recorded: a single
+        run refused while it was being built (the message says it all and nothing is left behind),
+        and a launch refused by planning (the directory may belong to another run)."""
+        if not self.is_rank_zero or self.started_by_vae_lab or self.plan is None:
             return
-        if self.plan is None and (run_state.read_summary_quietly(self.run_dir) or (self.run_dir / run_state.LAST_CHECKPOINT).is_file()):
-            return  # refused before planning: the directory belongs to another run
+        if not (self.running or self.wandb_logger is not None or self.multirun):
+            return
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         try:
             fields = {**self.summary_fields(), "failed": time.strftime("%Y-%m-%dT%H:%M:%S")}

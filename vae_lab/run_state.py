@@ -60,14 +60,6 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} cannot be read ({error}); move it away to start this run over.") from error
 
 
-def read_summary_quietly(run_dir: Path) -> dict[str, Any] | None:
-    """The summary, or None when there is none or it cannot be read."""
-    try:
-        return read_summary(run_dir)
-    except ConfigError:
-        return None
-
-
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
