@@ -11,7 +11,8 @@
 The submitit defaults above are set by re-registering the plugin's own config classes under their
 own names (``hydra/launcher/submitit_local`` and ``submitit_slurm``) with those fields interpolated
 from the trainer; every other field and its documentation stay the plugin's. This happens when
-``vae_lab.train`` is imported, before Hydra composes the config; ``--cfg hydra`` shows the result.
+``vae_lab.train`` is imported, after Hydra's plugin scan (run early for that) and before Hydra
+composes the config; ``--cfg hydra -p hydra.launcher`` shows the result.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ def register_launcher_configs() -> None:
     except ImportError:  # the launchers extra is not installed: nothing to adjust
         return
     from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
 
+    # Hydra's plugin scan re-executes every plugin module, which registers the plugin's own configs
+    # again: scan first (the scan runs once per process), then register ours over them.
+    Plugins.instance()
     store = ConfigStore.instance()
     store.store(
         group="hydra/launcher",
