@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab import distributed, run_state
@@ -330,6 +331,28 @@ class Job:
                 wandb.finish()
             except Exception as error:
                 print(f"vae_lab: wandb.finish failed: {error}", file=sys.stderr)
+
+
+class OccupiedSweepDirGuard(Callback):
+    """A Hydra callback: a multirun without ``resume=true`` into a sweep directory whose jobs
+    already hold runs is refused before any job starts (exit 2), rather than job by job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume"):
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        occupied = sorted(
+            path.parent.name
+            for pattern in ("*/" + run_state.SUMMARY, f"*/{run_state.LAST_CHECKPOINT}")
+            for path in sweep_dir.glob(pattern)
+        ) if sweep_dir.is_dir() else []
+        if occupied:
+            print(
+                f"vae_lab: error: {sweep_dir} already holds runs (job dirs {', '.join(sorted(set(occupied)))}). Pass "
+                "resume=true to skip its complete jobs and re-run the others, or choose another hydra.sweep.dir.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
 
 
 def _cuda_available() -> bool:

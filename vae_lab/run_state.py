@@ -130,8 +130,6 @@ def plan_launch(
             "is skipped), or give this run its own output directory (hydra.run.dir=..., or hydra.sweep.dir=... "
             "for a multirun)."
         )
-    if status == "complete":
-        return LaunchPlan("skip", None, (previous or {}).get("wandb_run_id") or new_run_id(), previous)
     if previous is not None and "config" in previous:
         changed = config_differences(previous["config"], config)
         if changed:
@@ -142,6 +140,8 @@ def plan_launch(
                 "config in a new output directory. In a re-launched sweep this means the sweep's parameters changed, "
                 "so that job numbers now name other settings: use a new hydra.sweep.dir."
             )
+    if status == "complete":
+        return LaunchPlan("skip", None, (previous or {}).get("wandb_run_id") or new_run_id(), previous)
     run_id = wandb_run_id or (previous or {}).get("wandb_run_id") or new_run_id()
     return LaunchPlan("resume" if checkpoint.is_file() else "fresh", checkpoint if checkpoint.is_file() else None, run_id, previous)
 
