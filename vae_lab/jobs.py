@@ -166,7 +166,7 @@ class Job:
             bool(cfg.get("resume", False)),
             OmegaConf.to_container(cfg, resolve=True),
             self.attempt,
-            os.environ.get("WANDB_RUN_ID"),
+            None if self.multirun else os.environ.get("WANDB_RUN_ID"),  # set by `wandb agent` for its run
         )
 
     def start(self, cfg: DictConfig) -> None:
