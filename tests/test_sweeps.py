@@ -237,3 +237,39 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(data_root: Path, tmp_pa
             assert run.summary["status"] == "failed" and run.summary["error"] == summary["error"][:1000]
         else:
             assert "status" not in run.summary and run.summary["test/elbo"] == pytest.approx(summary["metrics"]["test/elbo"])
+
+
+def test_sweeps_ship_in_a_plain_install(tmp_path: Path) -> None:
+    """``pip install .`` (a wheel, not editable) carries sweeps/ as the group ``sweep``: composed from
+    a directory outside the repository."""
+    import subprocess
+    import zipfile
+
+    import torch
+
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = wheel_dir.glob("vae_lab-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("vae_lab/conf/sweep/")}
+    assert shipped == {f"vae_lab/conf/sweep/{path.relative_to(SWEEPS)}" for path in SWEEPS.rglob("*.yaml")}
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    (site,) = venv.glob("lib/python*/site-packages")
+    (site / "dependencies.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")  # torch, hydra, ... as installed here
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )
+    python = str(venv / "bin" / "python")
+    where = subprocess.run([python, "-c", "import vae_lab; print(vae_lab.__file__)"], cwd=tmp_path, capture_output=True, text=True)
+    assert where.stdout.startswith(str(site))
+    result = subprocess.run(
+        [python, "-m", "vae_lab.train", "+sweep=seeds", "--cfg", "hydra", "-p", "hydra.sweeper.params"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "seed: 0,1,2,3,4" in result.stdout

@@ -43,11 +43,9 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lab.errors import ConfigError
 from vae_lab.launchers import LauncherKind
 
-#: The variables a DDP process reads its place from.
-RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: Set in the environment of the ranks vae_lab starts: the attempt id of the rank 0 that started them.
 LAUNCHED_BY = "VAE_LAB_LAUNCHED_BY"
-#: Set to 1 to make every rank write the data indices it was served (see :class:`ShardRecorder`).
+#: Set to 1 to make every rank write the data indices it was served (vae_lab.shard_recorder).
 RECORD_SHARDS = "VAE_LAB_RECORD_SHARDS"
 #: How long rank 0 waits for the other ranks to exit after testing.
 CHILD_EXIT_TIMEOUT_SECONDS = 600
@@ -200,7 +198,10 @@ class RankProcesses:
             "RANK": str(node_rank * self.num_processes),
         }
         if self.threads:
+            import torch
+
             environment["OMP_NUM_THREADS"] = str(self.threads)
+            torch.set_num_threads(self.threads)
         self._set_environment(environment)
         self._config_dir = Path(tempfile.mkdtemp(prefix="vae_lab-ranks-"))
         (self._config_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))

@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,6 @@ class Job:
     plan: run_state.LaunchPlan | None = None
     running: bool = False
     wandb_logger: Any = None
-    started: float = field(default_factory=time.time)
 
     @classmethod
     def from_hydra(cls) -> Job:
@@ -299,6 +298,8 @@ class Job:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         try:
             fields = {**self.summary_fields(), "failed": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if not self.running:  # failed while being built: record what it was
+                fields["config"] = OmegaConf.to_container(cfg, resolve=True)
             run_state.write_failed_summary(self.run_dir, fields, error, text)
         except Exception as write_error:  # e.g. the output dir is not writable: say so, keep the first error
             print(f"vae_lab: could not record the failure in {self.run_dir}: {write_error}", file=sys.stderr)
