@@ -178,6 +178,10 @@ class Job:
         if self.plan.checkpoint is not None:
             run_state.keep_metrics_before_resume(self.run_dir, run_state.checkpoint_epoch(self.plan.checkpoint))
             print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
+        elif cfg.get("resume"):
+            print(f"vae_lab: resume=true, but {self.run_dir} has no checkpoint yet: starting from scratch.")
+        if not self.multirun:
+            print(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
         self.running = True
