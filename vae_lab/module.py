@@ -37,6 +37,7 @@ class VAE(L.LightningModule):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         image_shape: tuple[int, int, int],
         seed: int = 0,
+        lr_scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -45,6 +46,7 @@ class VAE(L.LightningModule):
         self.prior = prior
         self.objective = objective
         self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.image_shape = tuple(image_shape)
         self.n_dims = int(torch.Size(image_shape).numel())  # D, pixel values per image
         self.seed = seed
@@ -144,7 +146,11 @@ class VAE(L.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

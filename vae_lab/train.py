@@ -65,10 +65,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_last=True,
         auto_insert_metric_name=False,
     )
+    callbacks: list[Any] = [checkpoints]
+    if cfg.get("early_stopping"):
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val/elbo", mode="max", patience=cfg.early_stopping.patience))
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoints],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
