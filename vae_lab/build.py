@@ -3,13 +3,31 @@ config groups fit together (train, evaluate and the tests all build through here
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from typing import Any
+
+import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from vae_lab.data import ImageDataModule
+from vae_lab.errors import VaeLabError
 from vae_lab.initialization import initialize_output_bias_from_data
 from vae_lab.likelihoods import Likelihood
 from vae_lab.module import VAE
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that our own errors (a VaeLabError raised by a constructor,
+    e.g. missing data or an impossible pair) come out unwrapped, so the CLI prints their message."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, VaeLabError):
+            raise cause from None
+        raise
 
 
 def build_likelihood(cfg: DictConfig, channels: int) -> Likelihood:
