@@ -218,10 +218,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def test_dataloader(self) -> InMemoryBatches:
         return self._eval_loader("test")
 
-    def example_images(self, split: str = "test", n: int = 8) -> torch.Tensor:
-        """The first n images of a split in the served form (for image grids and VampPrior init)."""
+    def example_images(self, split: str = "test", n: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images of a split in the served form (for image grids and VampPrior init): the first n,
+        or n drawn at random without replacement when a ``generator`` is given."""
         self.setup()
-        images = self.splits[split][:n]
+        images = self.splits[split]
+        images = images[torch.randperm(images.shape[0], generator=generator)[:n]] if generator is not None else images[:n]
         if split == "train":
             return self._train_transform()(images, torch.Generator().manual_seed(self.seed))
         return images
