@@ -25,7 +25,9 @@ def compose_experiment(name: str, schedule: str, data_root: Path, *overrides: st
 
 
 def test_every_experiment_is_listed() -> None:
-    assert {"iwae_vae_k1", "iwae_vae_k5", "iwae_k5", "iwae_k50", "kingma_welling"} <= set(EXPERIMENTS)
+    assert {
+        "iwae_vae_k1", "iwae_vae_k5", "iwae_k5", "iwae_k50", "vampprior", "vampprior_standard", "kingma_welling"
+    } == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -56,6 +58,16 @@ def test_iwae_paper_setup(data_root: Path) -> None:
     assert list(cfg.model.encoder.hidden_sizes) == [200, 200] and cfg.model.encoder.activation == "tanh"
     assert cfg.optimizer.eps == 1e-4 and list(cfg.optimizer.betas) == [0.9, 0.999]
     assert cfg.objective.k == 50 and cfg.trainer.max_epochs == 3280 == staged_schedule_epochs(8)
+
+
+def test_vampprior_paper_setup(data_root: Path) -> None:
+    """The values Tomczak & Welling (2018, section 4.1) state, as composed."""
+    cfg = compose_experiment("vampprior", "full", data_root)
+    assert (cfg.model.latent_dim, list(cfg.model.encoder.hidden_sizes)) == (40, [300, 300])
+    assert cfg.model.encoder._target_.endswith("GatedMLPEncoder") and cfg.prior.n_pseudo_inputs == 500
+    assert (cfg.objective.warmup.epochs, cfg.early_stopping.patience, cfg.optimizer.lr) == (100, 50, 5e-4)
+    baseline = compose_experiment("vampprior_standard", "full", data_root)
+    assert baseline.prior._target_.endswith("StandardNormalPrior") and baseline.model == cfg.model
 
 
 def test_output_bias_starts_at_the_mean_training_image(data_root: Path) -> None:
