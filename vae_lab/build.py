@@ -3,12 +3,31 @@ config groups fit together (train, evaluate and the tests all build through here
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
 from vae_lab.data import ImageDataModule
+from vae_lab.errors import VaeLabError
 from vae_lab.likelihoods import Likelihood
 from vae_lab.module import VAE
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """Hydra's instantiate, except that a VaeLabError raised by the target (a ConfigError of a data
+    module, say) propagates as itself: Hydra wraps it in an InstantiationException, which the entry
+    points would print as a stack trace instead of the message that names the fix."""
+    try:
+        return hydra_instantiate(config, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, VaeLabError):
+            raise cause from None
+        raise
 
 
 def build_likelihood(cfg: DictConfig, channels: int) -> Likelihood:
