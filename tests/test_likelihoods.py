@@ -34,12 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 NEW_LIKELIHOODS = ("continuous_bernoulli", "laplace", "discretized_logistic", "categorical")
 
 
-def simpson(log_density: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """int exp(log_density) over the last axis by Simpson's rule on an odd, evenly spaced grid (float64)."""
+def simpson_weights(grid: torch.Tensor) -> torch.Tensor:
+    """Simpson's rule on an odd number of evenly spaced points: int f = sum(weights * f) (float64)."""
     weights = torch.ones(grid.shape[-1], dtype=torch.float64)
     weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
-    weights *= (grid[1] - grid[0]).double() / 3.0
-    return (log_density.double().exp() * weights).sum(-1)
+    return weights * (grid[1] - grid[0]).double() / 3.0
+
+
+def simpson(log_density: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """int exp(log_density) over the last axis."""
+    return (log_density.double().exp() * simpson_weights(grid)).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------- continuous Bernoulli
@@ -77,16 +81,20 @@ def test_continuous_bernoulli_log_normalizer_at_extreme_logits(logit: float) -> 
 CONTINUOUS_BERNOULLI_LOGITS = [-700.0, -50.0, -5.0, -0.04, -4e-4, 0.0, 4e-4, 0.04, 0.5, 5.0, 50.0, 700.0]
 
 
-def test_continuous_bernoulli_density_integrates_to_one_and_mean_matches() -> None:
+def test_continuous_bernoulli_density_integrates_to_one_and_moments_match() -> None:
     logits = torch.tensor(CONTINUOUS_BERNOULLI_LOGITS)
     likelihood = ContinuousBernoulliLikelihood(channels=1)
     distribution = likelihood.pixel_distribution(logits.view(-1, 1, 1, 1))
     grid = UNIT_GRID.float().view(-1, 1, 1, 1, 1)
     log_density = distribution.log_prob(grid).view(grid.shape[0], -1).T  # [logits, grid]
     torch.testing.assert_close(simpson(log_density, UNIT_GRID), torch.ones(len(logits), dtype=torch.float64), atol=2e-6, rtol=0)
-    density = log_density.double().exp()
-    integral_mean = simpson((density * UNIT_GRID).log(), UNIT_GRID)
+    density_weights = log_density.double().exp() * simpson_weights(UNIT_GRID)
+    integral_mean = (density_weights * UNIT_GRID).sum(-1)
     torch.testing.assert_close(distribution.mean.flatten().double(), integral_mean, atol=2e-6, rtol=0)
+    integral_variance = (density_weights * (UNIT_GRID - integral_mean.unsqueeze(-1)) ** 2).sum(-1)
+    torch.testing.assert_close(distribution.variance.flatten().double(), integral_variance, atol=1e-6, rtol=1e-4)
+    integral_entropy = -(density_weights * log_density.double()).sum(-1)
+    torch.testing.assert_close(distribution.entropy().flatten().double(), integral_entropy, atol=2e-5, rtol=0)
     # The mean image of a grid is E[x] on [0, 1] (continuous data is served on [0, 1] already).
     torch.testing.assert_close(likelihood.mean_image(distribution).flatten(), distribution.mean.flatten())
 
