@@ -14,7 +14,6 @@ import torch
 from conftest import TINY, run_cli
 from hydra import compose, initialize_config_module
 from PIL import Image
-from torch.nn.functional import softplus
 
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.data_forms import DataForm
@@ -30,8 +29,14 @@ from vae_lab.likelihoods import (
 from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
 from vae_lab.likelihoods.discretized_logistic import DiscretizedLogisticMixture
 
-REPO = Path(__file__).resolve().parents[1]
-NEW_LIKELIHOODS = ("continuous_bernoulli", "laplace", "discretized_logistic", "categorical")
+#: The form each new likelihood must be served (it is a distribution over that form).
+SERVED_FORM = {
+    "continuous_bernoulli": DataForm.CONTINUOUS,
+    "laplace": DataForm.CONTINUOUS,
+    "discretized_logistic": DataForm.DISCRETE,
+    "categorical": DataForm.DISCRETE,
+}
+NEW_LIKELIHOODS = tuple(SERVED_FORM)
 
 
 def simpson_weights(grid: torch.Tensor) -> torch.Tensor:
@@ -87,7 +92,8 @@ def test_continuous_bernoulli_density_integrates_to_one_and_moments_match() -> N
     distribution = likelihood.pixel_distribution(logits.view(-1, 1, 1, 1))
     grid = UNIT_GRID.float().view(-1, 1, 1, 1, 1)
     log_density = distribution.log_prob(grid).view(grid.shape[0], -1).T  # [logits, grid]
-    torch.testing.assert_close(simpson(log_density, UNIT_GRID), torch.ones(len(logits), dtype=torch.float64), atol=2e-6, rtol=0)
+    ones = torch.ones(len(logits), dtype=torch.float64)
+    torch.testing.assert_close(simpson(log_density, UNIT_GRID), ones, atol=2e-6, rtol=0)
     density_weights = log_density.double().exp() * simpson_weights(UNIT_GRID)
     integral_mean = (density_weights * UNIT_GRID).sum(-1)
     torch.testing.assert_close(distribution.mean.flatten().double(), integral_mean, atol=2e-6, rtol=0)
@@ -107,7 +113,8 @@ def test_continuous_bernoulli_samples_follow_the_cdf() -> None:
     standard_error = (distribution.variance / samples.shape[0]).sqrt()
     assert ((samples.mean(0) - distribution.mean).abs() < 5 * standard_error + 1e-6).all()
     u = torch.tensor([0.01, 0.3, 0.5, 0.9, 0.999]).view(-1, 1)
-    torch.testing.assert_close(distribution.cdf(distribution.icdf(u)), u.expand(-1, len(CONTINUOUS_BERNOULLI_LOGITS)), atol=2e-5, rtol=0)
+    round_trip = distribution.cdf(distribution.icdf(u))
+    torch.testing.assert_close(round_trip, u.expand(-1, len(CONTINUOUS_BERNOULLI_LOGITS)), atol=2e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------- Gaussian and Laplace
@@ -119,7 +126,8 @@ def test_location_scale_density_integrates_to_one(likelihood_class) -> None:
     decoder_output = torch.stack([loc, raw_scale]).view(1, 2, 1, 5)  # [B, 2C, H, W]: loc map, scale map
     grid = torch.linspace(-20.0, 20.0, 800_001, dtype=torch.float64)
     log_density = likelihood.pixel_distribution(decoder_output.double()).log_prob(grid.view(-1, 1, 1, 1, 1))
-    torch.testing.assert_close(simpson(log_density.view(grid.shape[0], -1).T, grid), torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
+    integrals = simpson(log_density.view(grid.shape[0], -1).T, grid)
+    torch.testing.assert_close(integrals, torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
 def test_laplace_scale_modes_and_floor() -> None:
@@ -179,12 +187,14 @@ def test_discretized_logistic_bin_masses_sum_to_one(n_components: int, dtype: to
     log_masses = all_bin_log_masses(distribution)
     assert torch.isfinite(log_masses).all()
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(log_masses.double().exp().sum(0), torch.ones(shape[:-1], dtype=torch.float64), atol=tolerance, rtol=0)
+    ones = torch.ones(shape[:-1], dtype=torch.float64)
+    torch.testing.assert_close(log_masses.double().exp().sum(0), ones, atol=tolerance, rtol=0)
     reference = reference_bin_masses(means, log_scales, logits)
     torch.testing.assert_close(log_masses.double().exp(), reference, atol=10 * tolerance, rtol=0)
     # The mean is the expected pixel value over the 256 bins.
     expected_value = (log_masses.double().exp() * VALUES.view(-1, 1, 1)).sum(0)
-    torch.testing.assert_close(distribution.mean.double(), expected_value, atol=tolerance, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    relative = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(distribution.mean.double(), expected_value, atol=tolerance, rtol=relative)
 
 
 def test_discretized_logistic_tail_masses_are_exact_where_pixelcnn_falls_back() -> None:
@@ -207,7 +217,8 @@ def test_discretized_logistic_edge_bins_are_open() -> None:
     scale = math.exp(-2.0)
     mass_0 = torch.sigmoid((-1 + 1 / 255 - mean) / scale)  # everything below bin 0's upper edge
     mass_255 = 1 - torch.sigmoid((1 - 1 / 255 - mean) / scale)  # everything above bin 255's lower edge
-    torch.testing.assert_close(distribution.log_prob(torch.tensor([[0.0], [255.0]])).exp(), torch.cat([mass_0, mass_255]))
+    edge_masses = distribution.log_prob(torch.tensor([[0.0], [255.0]])).exp()
+    torch.testing.assert_close(edge_masses, torch.cat([mass_0, mass_255]))
 
 
 def test_discretized_logistic_likelihood_layout_and_samples() -> None:
@@ -244,7 +255,8 @@ def test_categorical_layout_normalisation_mean_and_samples() -> None:
     expected_logits = torch.stack(likelihood.split_parameters(decoder_output), dim=-1).log_softmax(-1)
     log_masses = distribution.log_prob(VALUES.float().view(-1, 1, 1, 1, 1))  # [256, 2, C, 2, 2]
     torch.testing.assert_close(log_masses, expected_logits.movedim(-1, 0))
-    torch.testing.assert_close(log_masses.double().exp().sum(0), torch.ones(2, channels, 2, 2, dtype=torch.float64), atol=2e-6, rtol=0)
+    ones = torch.ones(2, channels, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(log_masses.double().exp().sum(0), ones, atol=2e-6, rtol=0)
     torch.testing.assert_close(distribution.mean, (log_masses.exp() * VALUES.float().view(-1, 1, 1, 1, 1)).sum(0))
     samples = distribution.sample((3,))
     assert samples.dtype == torch.float32 and samples.min() >= 0 and samples.max() <= 255
@@ -316,7 +328,8 @@ def test_bits_per_dim_of_uniform_models_is_eight() -> None:
     log_p = sharp(decoder_output).log_prob(x)
     per_pixel = math.log(math.tanh(math.exp(7.0) / 255 / 2))
     torch.testing.assert_close(log_p, torch.full((2,), n_dims * per_pixel), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(sharp.data_form.bits_per_dim(-log_p, n_dims), torch.full((2,), -per_pixel / math.log(2)), rtol=1e-4, atol=1e-6)
+    expected_bits = torch.full((2,), -per_pixel / math.log(2))
+    torch.testing.assert_close(sharp.data_form.bits_per_dim(-log_p, n_dims), expected_bits, rtol=1e-4, atol=1e-6)
     assert {type(likelihood).__name__: likelihood.data_form.is_density for likelihood in ALL_LIKELIHOODS} == {
         "BernoulliLikelihood": False,
         "GaussianLikelihood": True,
@@ -338,7 +351,12 @@ def compose_config(*overrides: str):
     [
         (
             ["likelihood=categorical", "data.binarization=dynamic"],
-            ["data.binarization=dynamic serves binary pixels", "8-bit pixel values", "data.binarization=none", "likelihood=bernoulli"],
+            [
+                "data.binarization=dynamic serves binary pixels",
+                "8-bit pixel values",
+                "data.binarization=none",
+                "likelihood=bernoulli",
+            ],
         ),
         (
             ["likelihood=continuous_bernoulli", "data.binarization=static"],
@@ -363,7 +381,8 @@ def test_impossible_pairs_are_refused_naming_the_fix(overrides: list[str], phras
 
 
 def test_impossible_pair_fails_at_start_up_on_the_command_line(tmp_path: Path) -> None:
-    result = run_cli("vae_lab.train", "likelihood=bernoulli", "data=cifar", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, timeout=300)
+    overrides = ("likelihood=bernoulli", "data=cifar", f"hydra.run.dir={tmp_path}/run")
+    result = run_cli("vae_lab.train", *overrides, cwd=tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "CIFAR-10 is colour data" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -446,8 +465,7 @@ CHEAPER = {"categorical": ("data.train_subset=150", "data.val_size=100")}
 def test_one_epoch_on_real_mnist_grey(name: str, data_root: Path) -> None:
     cfg = compose_config(*tiny(f"likelihood={name}", f"data.root={data_root}", *CHEAPER.get(name, ())))
     assert cfg.data.binarization is None and cfg.model.encoder._target_.endswith("MLPEncoder")
-    data_form = {"continuous_bernoulli": DataForm.CONTINUOUS, "laplace": DataForm.CONTINUOUS}.get(name, DataForm.DISCRETE)
-    check_bits_per_dim(fit_one_epoch(cfg, data_form), data_form, 784)
+    check_bits_per_dim(fit_one_epoch(cfg, SERVED_FORM[name]), SERVED_FORM[name], 784)
 
 
 @pytest.mark.parametrize("name", NEW_LIKELIHOODS)
@@ -463,5 +481,4 @@ def test_one_epoch_on_real_cifar(name: str, cifar_root: Path) -> None:
             "model.latent_dim=16",
         )
     )
-    data_form = {"continuous_bernoulli": DataForm.CONTINUOUS, "laplace": DataForm.CONTINUOUS}.get(name, DataForm.DISCRETE)
-    check_bits_per_dim(fit_one_epoch(cfg, data_form), data_form, 3072)
+    check_bits_per_dim(fit_one_epoch(cfg, SERVED_FORM[name]), SERVED_FORM[name], 3072)
