@@ -312,6 +312,19 @@ def test_every_run_saves_latent_traversals_and_interpolations(sweep: SimpleNames
         assert torch.allclose(rows[:, -2], model.reconstruct(images[1:4:2]), atol=1e-6)
 
 
+def test_latent_pictures_are_logged_to_wandb(tmp_path: Path, data_root: Path) -> None:
+    """A real offline wandb run (no API key here): both grids are in its media, byte for byte."""
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    result = run_cli("vae_lab.train", *overrides, "logger=wandb", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"vae_lab: outputs in {run_dir}" in result.stdout
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    logged = {path.read_bytes() for path in (wandb_run / "files" / "media" / "images").glob("latent_*.png")}
+    saved = {(run_dir / "images" / name).read_bytes() for name in ("latent_traversals.png", "latent_interpolations.png")}
+    assert logged == saved
+
+
 # ---------------------------------------------------------------- a sweep that is still running
 def test_report_on_a_partly_finished_sweep(tmp_path: Path, data_root: Path) -> None:
     """A real sweep of 3 seeds killed while its second job runs: 1 complete, 1 unfinished, 1 pending."""

@@ -84,6 +84,14 @@ def progress_line(done: int, failed: int, total: int | None, elapsed: float) -> 
     return line
 
 
+def finished_lines(sweep_dir: Path, done: int, failed: int, elapsed: float) -> str:
+    jobs = f"{done} jobs" + (f" ({failed} failed)" if failed else "")
+    return (
+        f"[sweep] finished: {jobs} in {format_duration(elapsed)}; outputs in {sweep_dir}/\n"
+        f"[sweep] report: python -m vae_lab.report {sweep_dir}"
+    )
+
+
 def _sweep_dir(config: DictConfig) -> Path:
     return Path(str(config.hydra.sweep.dir)).absolute()
 
@@ -137,17 +145,14 @@ class SweepProgress(Callback):
         job = f"job {config.hydra.job.num}" + (f" ({overrides})" if overrides else "")
         print(f"[sweep] {job}: {status}{f' ({reason})' if reason else ''}; outputs in {job_dir}/", file=sys.stderr, flush=True)
         print(progress_line(done, failed, total, elapsed), file=sys.stderr, flush=True)
+        if total is not None and done == total:
+            print(finished_lines(sweep_dir, done, failed, elapsed), file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = _sweep_dir(config)
         done, failed, total, elapsed = self._progress(sweep_dir)
-        summary = f"{done} jobs" + (f" ({failed} failed)" if failed else "")
-        print(
-            f"[sweep] finished: {summary} in {format_duration(elapsed)}; outputs in {sweep_dir}/\n"
-            f"[sweep] report: python -m vae_lab.report {sweep_dir}",
-            file=sys.stderr,
-            flush=True,
-        )
+        if total is None:  # otherwise the last job printed this already
+            print(finished_lines(sweep_dir, done, failed, elapsed), file=sys.stderr, flush=True)
 
     @staticmethod
     def _progress(sweep_dir: Path) -> tuple[int, int, int | None, float]:
