@@ -37,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
+    from vae_lab.latent_pictures import save_latent_pictures
     from vae_lab.tracking import make_wandb_logger, offline_sync_hint
 
     hydra_config = HydraConfig.get()
@@ -96,6 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         for name, grid in images.items():
             save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
+        save_latent_pictures(model, datamodule, run_dir, wandb_logger)
         if wandb_logger is not None:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)
