@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from vae_lab.data import ImageDataModule
 from vae_lab.errors import VaeLabError
+from vae_lab.initialization import initialize_output_bias_from_data
 from vae_lab.likelihoods import Likelihood
 from vae_lab.module import VAE
 
@@ -57,6 +58,8 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
         latent_dim=latent_dim,
         out_channels=likelihood.parameters_per_channel * image_shape[0],
     )
+    if cfg.model.get("initialize_output_bias"):
+        initialize_output_bias_from_data(decoder, likelihood, datamodule)
     prior = instantiate(cfg.prior, latent_dim=latent_dim, encoder=encoder, datamodule=datamodule)
     return VAE(
         encoder=encoder,
@@ -67,4 +70,5 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
         optimizer=instantiate(cfg.optimizer),
         image_shape=image_shape,
         seed=cfg.seed,
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
     )

@@ -24,6 +24,15 @@ class DataForm(str, enum.Enum):
     DISCRETE = "discrete"
 
     @property
+    def description(self) -> str:
+        """What the pixels are, for messages."""
+        return {
+            DataForm.BINARY: "binary pixels (0 or 1)",
+            DataForm.CONTINUOUS: "pixel values dequantized to [0, 1]",
+            DataForm.DISCRETE: "8-bit pixel values (0..255)",
+        }[self]
+
+    @property
     def is_density(self) -> bool:
         """True when p(x|z) is a density (on dequantized data), False when it is a mass."""
         return self is DataForm.CONTINUOUS

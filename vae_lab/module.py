@@ -37,6 +37,7 @@ class VAE(L.LightningModule):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         image_shape: tuple[int, int, int],
         seed: int = 0,
+        lr_scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -45,6 +46,7 @@ class VAE(L.LightningModule):
         self.prior = prior
         self.objective = objective
         self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.image_shape = tuple(image_shape)
         self.n_dims = int(torch.Size(image_shape).numel())  # D, pixel values per image
         self.seed = seed
@@ -53,6 +55,14 @@ class VAE(L.LightningModule):
             raise ConfigError(
                 f"objective.kl=analytic needs a prior with a closed-form KL against the Gaussian posterior, "
                 f"and {type(prior).__name__} has none. Use objective.kl=mc (or auto), or prior=standard."
+            )
+        if objective.needs_kl_per_dim and not prior.is_factorized:
+            # Free bits clamp the KL of each latent dimension; a mixture or flow prior couples the
+            # dimensions, so their KL does not split into per-dimension terms.
+            raise ConfigError(
+                f"objective.free_bits needs the KL of each latent dimension, but {type(prior).__name__} does not "
+                "factorize over dimensions. Use prior=standard with free bits, or objective.capacity (a target on "
+                "the total KL) with this prior."
             )
 
     # ------------------------------------------------------------------ the model
@@ -78,16 +88,17 @@ class VAE(L.LightningModule):
         posterior = self.posterior(x)
         z = posterior.rsample((n_samples,))
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)
-        kl, kl_per_dim = self.kl_divergence(posterior, log_prior, log_posterior)
+        kl, kl_per_dim = self.kl_divergence(posterior, z, log_prior, log_posterior)
         return ELBOTerms(self.observation_model(z).log_prob(x), log_prior, log_posterior, kl, kl_per_dim)
 
     def kl_divergence(
-        self, posterior: Independent, log_prior: torch.Tensor, log_posterior: torch.Tensor
+        self, posterior: Independent, z: torch.Tensor, log_prior: torch.Tensor, log_posterior: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """KL(q(z|x) || p(z)): (total [B], per latent dimension [B, Dz] or None).
 
         Analytic (Kingma & Welling 2014, appendix B) when the prior has a registered closed form and
-        ``objective.kl`` allows it; otherwise the Monte Carlo estimate mean_l[log q(z_l|x) - log p(z_l)].
+        ``objective.kl`` allows it; otherwise the Monte Carlo estimate mean_l[log q(z_l|x) - log p(z_l)]
+        over the samples z [L, B, Dz], split per dimension when the prior factorizes.
         """
         if self.use_analytic_kl:
             prior = self.prior.distribution()
@@ -95,7 +106,9 @@ class VAE(L.LightningModule):
                 per_dim = kl_divergence(posterior.base_dist, prior.base_dist)
                 return per_dim.sum(-1), per_dim
             return kl_divergence(posterior, prior), None
-        return (log_posterior - log_prior).mean(0), None
+        prior_per_dim = self.prior.log_prob_per_dim(z)
+        per_dim = None if prior_per_dim is None else (posterior.base_dist.log_prob(z) - prior_per_dim).mean(0)
+        return (log_posterior - log_prior).mean(0), per_dim
 
     # ------------------------------------------------------------------ training
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -109,7 +122,7 @@ class VAE(L.LightningModule):
         z = posterior.rsample((self.objective.n_samples,))  # reparameterized, [L, B, latent_dim]
         log_likelihood = self.observation_model(z).log_prob(x)  # log p(x|z), summed over pixels: [L, B]
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)  # [L, B] each
-        kl, kl_per_dim = self.kl_divergence(posterior, log_prior, log_posterior)  # KL(q || p): [B]
+        kl, kl_per_dim = self.kl_divergence(posterior, z, log_prior, log_posterior)  # KL(q || p): [B]
         terms = ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim)  # ELBO = E_q log p(x|z) - KL
         loss = self.objective.loss(terms, step=self.global_step, epoch=self.current_epoch)
         self.log_terms("train", terms)
@@ -124,7 +137,14 @@ class VAE(L.LightningModule):
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        self.log_terms("val", self.elbo_terms(x, n_samples=1))
+        terms = self.elbo_terms(x, n_samples=1)
+        self.log_terms("val", terms)
+        if terms.kl_per_dim is not None:
+            # The KL of each latent dimension (nats), averaged over the validation images: shows which
+            # dimensions the model uses (free bits, warm-up and capacity move these).
+            width = len(str(terms.kl_per_dim.shape[-1] - 1))
+            for dim, value in enumerate(terms.kl_per_dim.mean(0)):
+                self.log(f"val/kl_per_dim/{dim:0{width}d}", value, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
 
     def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
         self.log_terms("test", self.elbo_terms(x, n_samples=1))
@@ -144,7 +164,11 @@ class VAE(L.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

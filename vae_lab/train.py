@@ -36,6 +36,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
+    from vae_lab.latent_pictures import save_latent_pictures
     from vae_lab.tracking import offline_sync_hint
 
     hydra_config = HydraConfig.get()
@@ -64,10 +65,15 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         save_last=True,
         auto_insert_metric_name=False,
     )
+    callbacks: list[Any] = [checkpoints, *job.trainer_callbacks()]
+    if cfg.get("early_stopping"):
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val/elbo", mode="max", patience=cfg.early_stopping.patience))
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoints, *job.trainer_callbacks()],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO(), *job.trainer_plugins()],
         default_root_dir=str(run_dir),
     )
@@ -93,6 +99,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         }
         for name, grid in images.items():
             save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
+        save_latent_pictures(model, datamodule, run_dir, wandb_logger)
         if wandb_logger is not None:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)

@@ -47,6 +47,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     image_shape: tuple[int, int, int]
     #: Name used in messages.
     name: str
+    #: Whether binarizing makes sense (grey images); a Bernoulli likelihood is refused otherwise.
+    binarizable: bool = True
 
     def __init__(
         self,
@@ -84,12 +86,18 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
 
     # ------------------------------------------------------------------ configuration checks
     def _check_binarization(self, binarization: str | None) -> str:
-        if binarization is None:
-            return "dynamic" if self.data_form is DataForm.BINARY else "none"
-        if binarization not in BINARIZATIONS:
+        if binarization is not None and binarization not in BINARIZATIONS:
             raise ConfigError(
                 f"data.binarization={binarization!r} is unknown; use one of {', '.join(BINARIZATIONS)}."
             )
+        if self.data_form is DataForm.BINARY and not self.binarizable:
+            raise ConfigError(
+                f"This likelihood is a distribution over binary pixels, but {self.name} is colour data that "
+                "vae_lab does not binarize. Choose a likelihood for 8-bit data (likelihood=discretized_logistic "
+                "or categorical) or for dequantized data (likelihood=gaussian, laplace or continuous_bernoulli)."
+            )
+        if binarization is None:
+            return "dynamic" if self.data_form is DataForm.BINARY else "none"
         if self.data_form is DataForm.BINARY and binarization == "none":
             raise ConfigError(
                 "This likelihood is a distribution over binary pixels, but data.binarization=none serves "
@@ -99,9 +107,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
             )
         if self.data_form is not DataForm.BINARY and binarization != "none":
             raise ConfigError(
-                f"data.binarization={binarization} serves binary pixels, but this likelihood models "
-                f"{self.data_form.value} pixels. Use likelihood=bernoulli for binarized data, or "
-                "data.binarization=none for this likelihood."
+                f"data.binarization={binarization} serves binary pixels, but this likelihood is a distribution "
+                f"over {self.data_form.description}. Drop the override (or set data.binarization=none) to "
+                "serve it that form, or use likelihood=bernoulli for binarized data."
             )
         return binarization
 
@@ -218,10 +226,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def test_dataloader(self) -> InMemoryBatches:
         return self._eval_loader("test")
 
-    def example_images(self, split: str = "test", n: int = 8) -> torch.Tensor:
-        """The first n images of a split in the served form (for image grids and VampPrior init)."""
+    def example_images(self, split: str = "test", n: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images of a split in the served form (for image grids and VampPrior init): the first n,
+        or n drawn at random without replacement when a ``generator`` is given."""
         self.setup()
-        images = self.splits[split][:n]
+        images = self.splits[split]
+        images = images[torch.randperm(images.shape[0], generator=generator)[:n]] if generator is not None else images[:n]
         if split == "train":
             return self._train_transform()(images, torch.Generator().manual_seed(self.seed))
         return images

@@ -5,6 +5,18 @@ One class per file; each has a yaml file of the same name in ``conf/likelihood/`
 
 from vae_lab.likelihoods.base import Likelihood
 from vae_lab.likelihoods.bernoulli import BernoulliLikelihood
+from vae_lab.likelihoods.categorical import CategoricalLikelihood
+from vae_lab.likelihoods.continuous_bernoulli import ContinuousBernoulliLikelihood
+from vae_lab.likelihoods.discretized_logistic import DiscretizedLogisticLikelihood
 from vae_lab.likelihoods.gaussian import GaussianLikelihood
+from vae_lab.likelihoods.laplace import LaplaceLikelihood
 
-__all__ = ["Likelihood", "BernoulliLikelihood", "GaussianLikelihood"]
+__all__ = [
+    "Likelihood",
+    "BernoulliLikelihood",
+    "CategoricalLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "DiscretizedLogisticLikelihood",
+    "GaussianLikelihood",
+    "LaplaceLikelihood",
+]

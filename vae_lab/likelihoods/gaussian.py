@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
-from torch.distributions import Distribution, Normal
+from torch.distributions import Normal
 
-from vae_lab.data_forms import DataForm
-from vae_lab.errors import ConfigError
-from vae_lab.likelihoods.base import Likelihood
-
-VARIANCE_MODES = ("fixed", "per_channel", "per_pixel")
+from vae_lab.likelihoods.location_scale import LocationScaleLikelihood
 
 
-class GaussianLikelihood(Likelihood):
+class GaussianLikelihood(LocationScaleLikelihood):
     """p(x|z) = prod_i N(x_i; mu_i(z), sigma_i^2) (Kingma & Welling 2014, appendix C.2).
 
     ``variance``:
@@ -26,7 +19,8 @@ class GaussianLikelihood(Likelihood):
     (a collapsing sigma would otherwise send log p to +inf on dequantized data).
     """
 
-    data_form = DataForm.CONTINUOUS
+    distribution_class = Normal
+    setting_names = ("variance", "fixed_sigma", "min_sigma")
 
     def __init__(
         self,
@@ -35,36 +29,13 @@ class GaussianLikelihood(Likelihood):
         fixed_sigma: float = 0.1,
         min_sigma: float = 1e-3,
     ) -> None:
-        super().__init__(channels)
-        if variance not in VARIANCE_MODES:
-            raise ConfigError(
-                f"likelihood.variance={variance!r} is not a variance mode; use one of {', '.join(VARIANCE_MODES)}."
-            )
-        if fixed_sigma <= 0 or min_sigma <= 0:
-            raise ConfigError(
-                f"likelihood.fixed_sigma={fixed_sigma} and likelihood.min_sigma={min_sigma} must both be > 0."
-            )
-        self.variance = variance
-        self.fixed_sigma = fixed_sigma
-        self.min_sigma = min_sigma
-        if variance == "per_channel":
-            # softplus(raw) + min_sigma starts at sigma = 0.1, a typical scale of pixel noise on [0, 1].
-            initial = math.log(math.expm1(0.1 - min_sigma))
-            self.raw_sigma = nn.Parameter(torch.full((channels, 1, 1), initial))
-
-    @property
-    def parameters_per_channel(self) -> int:
-        return 2 if self.variance == "per_pixel" else 1
+        super().__init__(channels, mode=variance, fixed_scale=fixed_sigma, min_scale=min_sigma)
 
     def sigma(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """The standard deviation, broadcastable to the image."""
-        if self.variance == "fixed":
-            return torch.full((), self.fixed_sigma, device=decoder_output.device, dtype=decoder_output.dtype)
-        if self.variance == "per_channel":
-            return self.min_sigma + nn.functional.softplus(self.raw_sigma)
-        raw_sigma = self.split_parameters(decoder_output)[1]
-        return self.min_sigma + nn.functional.softplus(raw_sigma)
+        return self.pixel_scale(decoder_output)
 
-    def pixel_distribution(self, decoder_output: torch.Tensor) -> Distribution:
-        mean = self.split_parameters(decoder_output)[0]
-        return Normal(mean, self.sigma(decoder_output).expand_as(mean), validate_args=False)
+    @property
+    def raw_sigma(self) -> torch.nn.Parameter:
+        """The raw per-channel parameter (``variance=per_channel``): sigma = min_sigma + softplus(raw)."""
+        return self.raw_scale

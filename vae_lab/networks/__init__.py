@@ -3,6 +3,17 @@ likelihood's parameters. Input and output shapes come from the data module, neve
 
 from vae_lab.networks.base import GaussianEncoder, make_activation
 from vae_lab.networks.conv import ConvDecoder, ConvEncoder
-from vae_lab.networks.mlp import MLPDecoder, MLPEncoder
+from vae_lab.networks.gated_mlp import GatedMLPDecoder, GatedMLPEncoder
+from vae_lab.networks.mlp import DenseDecoder, MLPDecoder, MLPEncoder
 
-__all__ = ["GaussianEncoder", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
+__all__ = [
+    "GaussianEncoder",
+    "make_activation",
+    "ConvDecoder",
+    "ConvEncoder",
+    "DenseDecoder",
+    "GatedMLPDecoder",
+    "GatedMLPEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+]

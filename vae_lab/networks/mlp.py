@@ -32,9 +32,22 @@ class MLPEncoder(GaussianEncoder):
         super().__init__(nn.Sequential(nn.Flatten(), mlp(sizes, activation)), sizes[-1], latent_dim)
 
 
-class MLPDecoder(nn.Module):
-    """z ``[..., latent_dim]`` to likelihood parameters ``[..., out_channels, H, W]``."""
+class DenseDecoder(nn.Module):
+    """A hidden network on z followed by one linear map to every pixel's likelihood parameters:
+    z ``[..., latent_dim]`` to ``[..., out_channels, H, W]``."""
 
+    def __init__(self, hidden: nn.Module, hidden_size: int, image_shape: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        _, height, width = image_shape
+        self.output_shape = (out_channels, height, width)
+        self.hidden = hidden
+        self.output = nn.Linear(hidden_size, math.prod(self.output_shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output(self.hidden(z)).unflatten(-1, self.output_shape)
+
+
+class MLPDecoder(DenseDecoder):
     def __init__(
         self,
         image_shape: Sequence[int],
@@ -43,11 +56,5 @@ class MLPDecoder(nn.Module):
         hidden_sizes: Sequence[int] = (200, 200),
         activation: str = "tanh",
     ) -> None:
-        super().__init__()
-        _, height, width = image_shape
-        self.output_shape = (out_channels, height, width)
-        self.hidden = mlp([latent_dim, *hidden_sizes], activation)
-        self.output = nn.Linear(([latent_dim, *hidden_sizes])[-1], math.prod(self.output_shape))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.output(self.hidden(z)).unflatten(-1, self.output_shape)
+        sizes = [latent_dim, *hidden_sizes]
+        super().__init__(mlp(sizes, activation), sizes[-1], image_shape, out_channels)

@@ -3,5 +3,6 @@ each in ``conf/objective/``."""
 
 from vae_lab.objectives.base import ELBOTerms, Objective
 from vae_lab.objectives.elbo import ELBO
+from vae_lab.objectives.iwae import IWAE
 
-__all__ = ["ELBOTerms", "Objective", "ELBO"]
+__all__ = ["ELBOTerms", "Objective", "ELBO", "IWAE"]

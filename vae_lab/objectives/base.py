@@ -51,6 +51,12 @@ class ELBOTerms:
         return torch.logsumexp(self.log_weights, dim=0) - math.log(self.log_weights.shape[0])
 
 
+def check_sample_count(name: str, value: int) -> None:
+    """Refuse a number of samples that is not a whole number >= 1, naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"objective.{name}={value!r} must be a whole number >= 1 (samples of z per image).")
+
+
 class Objective(abc.ABC):
     """Turns :class:`ELBOTerms` into the scalar loss that training minimises.
 
@@ -60,8 +66,7 @@ class Objective(abc.ABC):
     """
 
     def __init__(self, n_samples: int = 1, kl: str = "auto") -> None:
-        if n_samples < 1:
-            raise ConfigError(f"objective.n_samples={n_samples} must be at least 1 (samples of z per image).")
+        check_sample_count("n_samples", n_samples)
         if kl not in KL_MODES:
             raise ConfigError(f"objective.kl={kl!r} is unknown; use one of {', '.join(KL_MODES)}.")
         self.n_samples = n_samples
@@ -70,6 +75,11 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
         """The scalar to minimise for this batch, at this global step and epoch."""
+
+    @property
+    def needs_kl_per_dim(self) -> bool:
+        """True when the loss uses ``ELBOTerms.kl_per_dim`` (which only a factorized prior gives)."""
+        return False
 
     def logged_values(self, step: int, epoch: int) -> dict[str, float]:
         """Schedule values worth logging (for example the current KL weight)."""

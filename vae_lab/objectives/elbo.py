@@ -1,28 +1,115 @@
-"""The (beta-weighted) ELBO estimated with L reparameterized samples per image."""
+"""The (beta-weighted) ELBO estimated with L reparameterized samples per image, with the KL-term
+options: linear warm-up, free bits and capacity annealing."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from vae_lab.errors import ConfigError
 from vae_lab.objectives.base import ELBOTerms, Objective
+from vae_lab.objectives.free_bits import free_bits_kl
+from vae_lab.objectives.schedules import CapacitySchedule, KLWarmup
+
+#: Burgess et al. (2018) use gamma = 1000.
+DEFAULT_CAPACITY_GAMMA = 1000.0
 
 
 class ELBO(Objective):
-    """loss = -mean_batch( (1/L) sum_l log p(x|z_l) - kl_weight * KL(q(z|x) || p(z)) ).
+    """loss = -mean_batch( (1/L) sum_l log p(x|z_l) - beta_t * KL(q(z|x) || p(z)) ).
 
     With kl_weight = 1 this is the SGVB estimator of Kingma & Welling (2014, eq. 7); kl_weight = beta
-    gives the beta-VAE objective (Higgins et al. 2017, eq. 4).
+    gives the beta-VAE objective (Higgins et al. 2017, eq. 4). Options of the KL term:
+
+    - ``warmup`` (``{steps: N}`` or ``{epochs: N}``): beta_t = kl_weight * min(t / N, 1), linear KL
+      warm-up (Sonderby et al. 2016).
+    - ``free_bits`` (lambda, nats): the KL term becomes sum_j max(lambda, mean_batch KL_j)
+      (Kingma et al. 2016, eq. 15). Needs a prior that factorizes over latent dimensions (per-dimension
+      KL); :class:`vae_lab.module.VAE` refuses it with any other prior.
+    - ``capacity`` (``{max: C_max, steps: N, gamma: gamma}``): the KL term becomes
+      gamma * |KL(q(z|x) || p(z)) - C_t| for each image, C_t rising linearly from 0 to C_max over N
+      steps (Burgess et al. 2018; per data point as the paper writes it, then averaged over the
+      batch, where some implementations take |batch-mean KL - C|). gamma takes the place of
+      kl_weight, so capacity is refused together with warm-up, free bits or kl_weight != 1.
     """
 
-    def __init__(self, n_samples: int = 1, kl_weight: float = 1.0, kl: str = "auto") -> None:
+    def __init__(
+        self,
+        n_samples: int = 1,
+        kl_weight: float = 1.0,
+        kl: str = "auto",
+        warmup: Mapping[str, Any] | None = None,
+        free_bits: float | None = None,
+        capacity: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(n_samples=n_samples, kl=kl)
         if kl_weight < 0:
             raise ConfigError(f"objective.kl_weight={kl_weight} must be >= 0 (it is beta, the weight of the KL).")
+        if free_bits is not None and free_bits < 0:
+            raise ConfigError(f"objective.free_bits={free_bits} must be >= 0 nats per latent dimension (or null for off).")
         self.kl_weight = kl_weight
+        self.warmup = KLWarmup(**(warmup or {}))
+        self.free_bits = free_bits
+        capacity = dict(capacity or {})
+        self.capacity_gamma = float(capacity.pop("gamma", DEFAULT_CAPACITY_GAMMA))
+        capacity_max = capacity.pop("max", None)
+        capacity_steps = capacity.pop("steps", 0)
+        if capacity:
+            raise ConfigError(f"objective.capacity has unknown keys {sorted(capacity)}; use max, steps and gamma.")
+        self.capacity = None if capacity_max is None else CapacitySchedule(max=capacity_max, steps=capacity_steps)
+        if self.capacity is not None:
+            self._check_capacity_alone()
+
+    def _check_capacity_alone(self) -> None:
+        if self.capacity_gamma < 0:
+            raise ConfigError(f"objective.capacity.gamma={self.capacity_gamma} must be >= 0.")
+        clashes = [
+            name
+            for name, clash in (
+                ("objective.warmup", self.warmup.enabled),
+                ("objective.free_bits", self.free_bits is not None),
+                (f"objective.kl_weight={self.kl_weight}", self.kl_weight != 1.0),
+            )
+            if clash
+        ]
+        if clashes:
+            raise ConfigError(
+                f"objective.capacity replaces the KL weight by gamma * |KL - C|, so it does not combine with "
+                f"{', '.join(clashes)}. Use one KL schedule at a time (capacity.gamma sets the weight)."
+            )
+
+    @property
+    def needs_kl_per_dim(self) -> bool:
+        return self.free_bits is not None
+
+    def current_kl_weight(self, step: int, epoch: int) -> float:
+        """beta_t = kl_weight times the warm-up factor at this step and epoch."""
+        return self.kl_weight * self.warmup.factor(step, epoch)
+
+    def kl_penalty(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
+        """The KL part of the loss, a scalar."""
+        if self.capacity is not None:
+            return self.capacity_gamma * (terms.kl - self.capacity(step)).abs().mean()
+        if self.free_bits is not None:
+            if terms.kl_per_dim is None:
+                raise ConfigError(
+                    "objective.free_bits needs the KL of each latent dimension, which this prior does not give; "
+                    "use prior=standard, or objective.capacity instead of free bits."
+                )
+            kl = free_bits_kl(terms.kl_per_dim, self.free_bits)
+        else:
+            kl = terms.kl.mean()
+        return self.current_kl_weight(step, epoch) * kl
 
     def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
-        return -(terms.reconstruction - self.kl_weight * terms.kl).mean()
+        return -terms.reconstruction.mean() + self.kl_penalty(terms, step, epoch)
 
     def logged_values(self, step: int, epoch: int) -> dict[str, float]:
-        return {"kl_weight": self.kl_weight}
+        if self.capacity is not None:
+            return {"capacity": self.capacity(step), "capacity_gamma": self.capacity_gamma}
+        values = {"kl_weight": self.current_kl_weight(step, epoch)}
+        if self.free_bits is not None:
+            values["free_bits"] = self.free_bits
+        return values

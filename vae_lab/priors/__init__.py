@@ -2,6 +2,9 @@
 ``conf/prior/``."""
 
 from vae_lab.priors.base import Prior
+from vae_lab.priors.flow import FlowPrior
+from vae_lab.priors.mixture_of_gaussians import MixtureOfGaussiansPrior
 from vae_lab.priors.standard import StandardNormalPrior
+from vae_lab.priors.vamp import VampPrior
 
-__all__ = ["Prior", "StandardNormalPrior"]
+__all__ = ["Prior", "FlowPrior", "MixtureOfGaussiansPrior", "StandardNormalPrior", "VampPrior"]

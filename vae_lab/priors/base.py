@@ -35,6 +35,11 @@ class Prior(nn.Module, abc.ABC):
         registered (analytic KL), or None when there is no closed form (Monte Carlo KL)."""
         return None
 
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor | None:
+        """log p(z_j) of each dimension, shape ``[..., latent_dim]``, when p(z) = prod_j p(z_j); else
+        None. Gives the Monte Carlo KL of each latent dimension (for free bits)."""
+        return None
+
     @property
     def is_factorized(self) -> bool:
         """True when p(z) = prod_j p(z_j), so that the KL splits into one term per latent dimension."""

@@ -26,6 +26,9 @@ class StandardNormalPrior(Prior):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.distribution().log_prob(z)
 
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        return self.distribution().base_dist.log_prob(z)
+
     def sample(self, n: int) -> torch.Tensor:
         return self.distribution().sample((n,))
 

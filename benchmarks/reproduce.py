@@ -1,0 +1,105 @@
+"""Run the short schedule of each paper reproduction on real MNIST and tabulate what it reaches
+against the paper's number.
+
+    python benchmarks/reproduce.py [--experiments iwae_vae_k1 iwae_k5 ...] [--out outputs/reproduce]
+
+Each experiment runs as `python -m vae_lab.train experiment=<name> schedule=short`; the table
+(printed, and saved as benchmarks/results/reproduce.json and .md) holds the paper's test NLL, ours
+(importance-sampled, k = 5000, on the 10k test set), the test ELBO, active units, epochs and wall time.
+The data root is VAE_LAB_DATA, or ../shared/data beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+#: experiment -> (paper, reported test NLL in nats (None: the paper reports no NLL), full-schedule optimizer steps)
+PAPER = {
+    "iwae_vae_k1": ("Burda et al. 2016, Table 1, VAE k=1", 86.76, 3280 * 2500),
+    "iwae_vae_k5": ("Burda et al. 2016, Table 1, VAE k=5", 86.47, 3280 * 2500),
+    "iwae_k5": ("Burda et al. 2016, Table 1, IWAE k=5", 85.54, 3280 * 2500),
+    "iwae_k50": ("Burda et al. 2016, Table 1, IWAE k=50", 84.78, 3280 * 2500),
+    "vampprior": ("Tomczak & Welling 2018, VampPrior (static MNIST)", 85.57, 2000 * 500),
+    "vampprior_standard": ("Tomczak & Welling 2018, standard prior (static MNIST)", None, 2000 * 500),
+    "kingma_welling": ("Kingma & Welling 2014, Fig. 2 (reports the ELBO)", None, 2000 * 500),
+}
+
+
+def run(name: str, out: Path, data_root: Path, extra: list[str]) -> dict:
+    run_dir = out / name
+    command = [
+        sys.executable, "-m", "vae_lab.train", f"experiment={name}", "schedule=short", "logger=csv",
+        f"data.root={data_root}", f"hydra.run.dir={run_dir}", *extra,
+    ]
+    print("$", " ".join(command), flush=True)
+    started = time.time()
+    completed = subprocess.run(command, cwd=REPO, text=True, capture_output=True)
+    if completed.returncode != 0:
+        print(completed.stdout[-2000:], completed.stderr[-4000:], sep="\n")
+        return {"experiment": name, "status": "failed", "returncode": completed.returncode}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    paper, paper_nll, full_steps = PAPER.get(name, (name, None, None))
+    return {
+        "experiment": name,
+        "status": summary.get("status", "complete"),
+        "paper": paper,
+        "paper_nll": paper_nll,
+        "nll_is": metrics.get("test/nll_is"),
+        "test_elbo": metrics.get("test/elbo"),
+        "active_units": metrics.get("test/active_units"),
+        "epochs": summary["epochs"],
+        "global_steps": summary["global_steps"],
+        "wall_time_seconds": round(time.time() - started, 1),
+        "full_schedule_steps": full_steps,
+        "full_command": f"python -m vae_lab.train experiment={name}",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| experiment | paper | paper NLL | ours, short schedule (NLL, k=5000) | ours, test ELBO | active units | epochs | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["status"] != "complete":
+            lines.append(f"| {row['experiment']} | failed | | | | | | |")
+            continue
+        def fmt(value, digits=2):
+            return "-" if value is None else f"{value:.{digits}f}"
+        lines.append(
+            f"| {row['experiment']} | {row['paper']} | {fmt(row['paper_nll'])} | {fmt(row['nll_is'])} | "
+            f"{fmt(-row['test_elbo'] if row['test_elbo'] is not None else None)} | {row['active_units'] if row['active_units'] is not None else '-'} | "
+            f"{row['epochs']} | {row['wall_time_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", nargs="+", default=list(PAPER))
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "reproduce")
+    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    data_root = Path(os.environ.get("VAE_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
+    rows = [run(name, args.out, data_root, args.extra) for name in args.experiments]
+    table = markdown(rows)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    (RESULTS / "reproduce.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "reproduce.md").write_text(f"Machine: {machine}\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The report's PNG plots, drawn with matplotlib's Agg backend (imported only here, when needed).
+
+- ``metrics_vs_<axis>.png``: each metric against one swept axis, mean with error bars of one std
+  over seeds, one line per setting of the other axes;
+- ``training_curves.png``: val/elbo after each epoch of every job, one colour per setting;
+- ``kl_per_dim.png``: KL of each latent dimension, sorted largest first within each job, then
+  averaged over seeds (dimension indices are not comparable between runs, their ranks are);
+- ``images.png``: every complete job's reconstructions and prior samples, one row per setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from vae_lab.report.jobs import Job, sort_key
+from vae_lab.report.table import HEADINGS, Report, Row, Statistic
+
+DPI = 100
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def save(figure: Any, path: Path) -> Path:
+    from vae_lab.files import write_atomically
+
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=DPI, bbox_inches="tight"))
+    pyplot().close(figure)
+    return path
+
+
+def colours(n: int) -> list[Any]:
+    colour_map = pyplot().get_cmap("tab10" if n <= 10 else "viridis")
+    return [colour_map(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
+
+
+def as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(value) for value in values]
+    except ValueError:
+        return None
+
+
+def metrics_against_axis(report: Report, axis: str, path: Path) -> Path | None:
+    """One panel per metric: the metric against ``axis``, one line per setting of the other axes."""
+    test_metrics = [metric for metric in report.metrics if metric.startswith("test/")]
+    if not test_metrics:
+        return None
+    plt = pyplot()
+    others = [other for other in report.axes if other != axis]
+    values = sorted({row.setting[axis] for row in report.rows}, key=sort_key)
+    numbers = as_numbers(values)
+    positions = dict(zip(values, numbers if numbers is not None else range(len(values))))
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in report.rows:
+        groups.setdefault(tuple(row.setting[other] for other in others), []).append(row)
+    columns = min(3, len(test_metrics))
+    rows_of_panels = -(-len(test_metrics) // columns)
+    figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.4 * rows_of_panels), squeeze=False)
+    for panel, metric in zip(panels.flat, test_metrics):
+        for colour, (group, rows) in zip(colours(len(groups)), sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]])):
+            points = [(positions[row.setting[axis]], row.statistic(metric)) for row in rows]
+            points = sorted((x, s) for x, s in points if s is not None)
+            if not points:
+                continue
+            label = ", ".join(f"{other}={value}" for other, value in zip(others, group)) or None
+            panel.errorbar(
+                [x for x, _ in points],
+                [s.mean for _, s in points],
+                yerr=[s.std or 0.0 for _, s in points],
+                marker="o",
+                capsize=4,
+                color=colour,
+                label=label,
+            )
+        panel.set_title(HEADINGS.get(metric, metric))
+        panel.set_xlabel(axis)
+        if numbers is None:
+            panel.set_xticks(range(len(values)), values, rotation=20)
+        elif min(numbers) > 0 and max(numbers) / min(numbers) >= 20:
+            panel.set_xscale("log")
+        panel.grid(alpha=0.3)
+    for panel in list(panels.flat)[len(test_metrics) :]:
+        panel.axis("off")
+    if len(groups) > 1:
+        panels.flat[0].legend(fontsize=8)
+    figure.suptitle(f"metrics against {axis} (mean ± std over seeds)")
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def training_curves(report: Report, path: Path) -> Path | None:
+    """val/elbo per epoch of every job that has a metrics CSV, one colour per setting."""
+    curves = [(row_index, job, job.validation_curve()) for row_index, row in enumerate(report.rows) for job in row.jobs]
+    curves = [(index, job, curve) for index, job, curve in curves if curve]
+    if not curves:
+        return None
+    plt = pyplot()
+    figure, panel = plt.subplots(figsize=(8, 5))
+    palette = colours(len(report.rows))
+    labelled: set[int] = set()
+    for index, job, curve in curves:
+        label = None if index in labelled else report.rows[index].label()
+        labelled.add(index)
+        style = "-" if job.status == "complete" else ":"
+        panel.plot([e for e, _ in curve], [v for _, v in curve], style, marker=".", color=palette[index], label=label, alpha=0.85)
+    if max(len(curve) for _, _, curve in curves) >= 4:
+        # The first epoch's ELBO is far below the rest: keep the scale for the epochs after it.
+        low = min(v for _, _, curve in curves for _, v in curve[1:])
+        high = max(v for _, _, curve in curves for _, v in curve)
+        panel.set_ylim(low - 0.05 * (high - low + 1), high + 0.05 * (high - low + 1))
+    last_epoch = max(epoch for _, _, curve in curves for epoch, _ in curve)
+    panel.set_xlim(0.5, last_epoch + 0.5)
+    if last_epoch <= 10:
+        panel.set_xticks(range(1, last_epoch + 1))
+    else:
+        panel.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    panel.set_xlabel("epoch")
+    panel.set_ylabel("val/elbo (nats per image)")
+    panel.set_title("training curves: val/elbo after each epoch (dotted: job not complete)")
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=8)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def kl_per_dimension(report: Report, path: Path) -> tuple[Path | None, str]:
+    """KL per latent dimension by rank, mean ± std over seeds per setting; (path or None, note)."""
+    lines: list[tuple[int, Row, list[Statistic | None]]] = []
+    sources: set[str] = set()
+    for index, row in enumerate(report.rows):
+        vectors = []
+        for job in row.complete:
+            values, source = job.kl_per_dim()
+            if values:
+                vectors.append(sorted(values, reverse=True))
+                sources.add(source)
+        if vectors:
+            length = min(len(vector) for vector in vectors)
+            lines.append((index, row, [Statistic.of([vector[rank] for vector in vectors]) for rank in range(length)]))
+    if not lines:
+        return None, "no job has a KL per latent dimension (test/kl_per_dim or images/latent_pictures.json)"
+    plt = pyplot()
+    figure, panel = plt.subplots(figsize=(8, 4.5))
+    palette = colours(len(report.rows))
+    for index, row, statistics in lines:
+        ranks = range(1, len(statistics) + 1)
+        panel.errorbar(
+            list(ranks),
+            [s.mean for s in statistics],
+            yerr=[s.std or 0.0 for s in statistics],
+            marker=".",
+            capsize=2,
+            color=palette[index],
+            label=row.label(),
+        )
+    panel.set_xlabel("latent dimension, ranked by its KL (largest first)")
+    panel.set_ylabel("KL(q(z_j|x) || p(z_j)) (nats)")
+    panel.set_title("KL per latent dimension (mean ± std over seeds)")
+    panel.axhline(0.0, color="grey", linewidth=0.5)
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=8)
+    figure.tight_layout()
+    return save(figure, path), "source: " + "; ".join(sorted(sources))
+
+
+def image_grid(report: Report, path: Path) -> Path | None:
+    """Reconstructions and prior samples of every complete job: one row per setting, two panels
+    (reconstructions, samples) per seed."""
+    from PIL import Image
+
+    rows = [row for row in report.rows if any(has_images(job) for job in row.complete)]
+    if not rows:
+        return None
+    seeds = sorted({job.seed for row in rows for job in row.complete if has_images(job)}, key=sort_key)
+    plt = pyplot()
+    figure, panels = plt.subplots(
+        len(rows), 2 * len(seeds), figsize=(2.6 * 2 * len(seeds), 2.9 * len(rows)), squeeze=False
+    )
+    for row_panels, row in zip(panels, rows):
+        by_seed = {job.seed: job for job in row.complete if has_images(job)}
+        for column, seed in enumerate(seeds):
+            job = by_seed.get(seed)
+            for offset, name in enumerate(("reconstructions", "samples")):
+                panel = row_panels[2 * column + offset]
+                panel.set_xticks([])
+                panel.set_yticks([])
+                if job is None:
+                    panel.text(0.5, 0.5, "no images", ha="center", va="center", transform=panel.transAxes)
+                else:
+                    with Image.open(job.directory / "images" / f"{name}.png") as picture:
+                        panel.imshow(picture.convert("RGB"))
+                panel.set_title(f"seed {seed}: {name}", fontsize=9)
+        row_panels[0].set_ylabel(row.label().replace(", ", "\n"), fontsize=9)
+    figure.suptitle("reconstructions (odd rows: originals, even rows: reconstructions) and prior samples")
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def has_images(job: Job) -> bool:
+    return all((job.directory / "images" / f"{name}.png").is_file() for name in ("reconstructions", "samples"))
+
+
+def draw_all(report: Report, directory: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Every plot the report's jobs allow, into ``directory``: ([(caption, path)], notes on the
+    plots that could not be drawn)."""
+    plots: list[tuple[str, Path]] = []
+    notes: list[str] = []
+    for axis in report.axes:
+        drawn = metrics_against_axis(report, axis, directory / f"metrics_vs_{file_name(axis)}.png")
+        if drawn:
+            plots.append((f"Metrics against {axis} (error bars: one std over seeds)", drawn))
+    drawn = training_curves(report, directory / "training_curves.png")
+    if drawn:
+        plots.append(("Training curves: val/elbo after each epoch, all jobs", drawn))
+    else:
+        notes.append("training curves: no job has a metrics.csv with val/elbo")
+    drawn, note = kl_per_dimension(report, directory / "kl_per_dim.png")
+    if drawn:
+        plots.append((f"KL per latent dimension ({note})", drawn))
+    else:
+        notes.append(f"KL per latent dimension: {note}")
+    drawn = image_grid(report, directory / "images.png")
+    if drawn:
+        plots.append(("Reconstructions and prior samples of every complete job", drawn))
+    else:
+        notes.append("images: no complete job has images/reconstructions.png and images/samples.png")
+    return plots, notes
