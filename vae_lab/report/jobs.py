@@ -158,6 +158,7 @@ def read_job(directory: Path) -> Job:
     summary = read_json(directory / "summary.json") or {}
     failure = read_json(directory / FAILURE_FILE) if not summary else None
     status = str(summary.get("status", "complete")) if summary else "failed" if failure else "unfinished"
+    status = "unfinished" if status == "running" else status  # vae_lab.run_state: started, never ended
     summary = summary or failure or {}
     overrides = summary.get("overrides")
     if overrides is None:
