@@ -12,20 +12,10 @@ import numpy as np
 import pytest
 import torch
 from cifar_sample import N_TEST, N_TRAIN, read_sample
-from conftest import run_cli
+from conftest import TINY, run_cli
 from hydra import compose, initialize_config_module
 
 from vae_lab.data import CIFAR10DataModule
-
-#: Tiny CIFAR settings: 500 training and 500 validation images, one epoch.
-TINY_CIFAR = [
-    "data.train_subset=500",
-    "data.val_size=500",
-    "data.batch_size=50",
-    "data.eval_batch_size=500",
-    "trainer.max_epochs=1",
-    "logger=csv",
-]
 
 
 def compose_config(*overrides: str):
@@ -64,7 +54,7 @@ def read_summary(run_dir: Path) -> dict:
 def test_gaussian_on_cifar_runs_end_to_end(cifar_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", "likelihood=gaussian", "data=cifar", *TINY_CIFAR, f"data.root={cifar_root}",
+        "vae_lab.train", "likelihood=gaussian", "data=cifar", *TINY, f"data.root={cifar_root}",
         f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
