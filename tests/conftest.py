@@ -38,6 +38,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETRC", os.devnull)
 
 
+def compose_config(*overrides: str):
+    """The composed config of ``python -m vae_lab.train <overrides>``, in-process."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vae_lab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 600, env: dict | None = None):
     """Run ``python -m <module> <overrides>`` in a subprocess, as a user would."""
     import subprocess

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 import torch
 from cifar_sample import N_TEST, N_TRAIN, read_sample
-from conftest import TINY, run_cli
-from hydra import compose, initialize_config_module
+from conftest import TINY, compose_config, run_cli
 
 from vae_lab.data import CIFAR10DataModule
-
-
-def compose_config(*overrides: str):
-    with initialize_config_module(config_module="vae_lab.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_written_batches_decode_to_the_sample_images(cifar_root: Path, data_root: Path) -> None:
