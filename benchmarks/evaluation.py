@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> dict:
         load_weights(model, run_dir / "checkpoints" / "best.ckpt", state_dict)
         datamodule.setup("test")
         settings = EvaluationSettings(
-            n_importance_samples=args.k, seed=args.seed, n_test_images=args.n_images, memory_budget_mb=args.memory_budget_mb
+            n_importance_samples=args.k, seed=args.seed, n_test_images=args.n_images, memory_budget_mb=args.memory_budget_mb or None
         )
         memory_before = peak_memory_mb()
         started = time.perf_counter()
@@ -170,16 +170,12 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=10_000)
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-budget-mb", type=float, default=None, help="vae_lab's budget (default: its own)")
+    parser.add_argument("--memory-budget-mb", type=float, default=0, help="vae_lab's budget (default 0: its own)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--worker", choices=["vae_lab", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--images-per-batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--samples-per-chunk", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_budget_mb is None:
-        from vae_lab.evaluation import EvaluationSettings
-
-        args.memory_budget_mb = EvaluationSettings.memory_budget_mb
     if args.worker:
         print(json.dumps(worker(args)))
         return

@@ -135,6 +135,24 @@ def test_one_logsumexp_over_all_k_samples_not_an_average_of_chunk_estimates() ->
     assert float((chunked - chunk_average).mean()) > 0.01
 
 
+def test_latents_are_drawn_from_the_seeded_generator_for_any_posterior() -> None:
+    from torch.distributions import Independent, Laplace
+
+    model, x = linear_gaussian_vae(), data_points()
+    gaussian = model.posterior(x)
+    draws = [draw_latents(gaussian, 5, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert draws[0].shape == (5, 8, LATENT_DIM)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    # A posterior other than a Gaussian is sampled through torch.distributions, still seeded.
+    laplace = Independent(Laplace(torch.zeros(8, 2), torch.ones(8, 2)), 1)
+    torch.manual_seed(0)
+    next_global_draw = torch.rand(3)
+    torch.manual_seed(0)
+    draws = [draw_latents(laplace, 5, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert torch.equal(torch.rand(3), next_global_draw)  # the global random stream is left as it was
+
+
 def test_chunk_plan_follows_the_memory_budget() -> None:
     from vae_lab.evaluation import plan_chunks
 
