@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
+    from vae_lab.evaluation import evaluate_at_end_of_training
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.latent_pictures import save_latent_pictures
@@ -88,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
+        # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
+        metrics.update(evaluate_at_end_of_training(cfg, model, datamodule, wandb_logger))
         test_images = datamodule.example_images("test", 32).to(model.device)
         images = {
             "reconstructions": reconstruction_grid(
