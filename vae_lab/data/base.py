@@ -47,6 +47,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     image_shape: tuple[int, int, int]
     #: Name used in messages.
     name: str
+    #: Training images of the full data set, before the validation split (lets the config check
+    #: refuse a batch larger than the data before anything is loaded); None when unknown.
+    n_train_and_val: int | None = None
 
     def __init__(
         self,
