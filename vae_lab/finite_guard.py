@@ -126,13 +126,10 @@ def describe_non_finite(pl_module: L.LightningModule, loss: torch.Tensor | None)
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str:
-    """The newest checkpoint on disk (every written checkpoint is finite), or a note that there is none."""
-    paths = []
+    """The last checkpoint on disk (every written checkpoint is finite), or a note that there is none."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
-            paths += [callback.last_model_path, callback.best_model_path]
-    existing = [Path(path) for path in paths if path and Path(path).is_file()]
-    if not existing:
-        return "none yet (no epoch has completed; the run must start over)"
-    newest = max(existing, key=lambda path: path.stat().st_mtime)
-    return str(newest)
+            for path in (callback.last_model_path, callback.best_model_path):
+                if path and Path(path).is_file():
+                    return str(path)
+    return "none yet (no epoch has completed; the run must start over)"
