@@ -25,6 +25,24 @@ LIGHTNING_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_versi
 CHECKPOINT_DIR = "checkpoints"
 
 
+def checkpoint_callbacks(run_dir: str | os.PathLike) -> list[Any]:
+    """The run's two checkpoints, both under ``<run dir>/checkpoints/``:
+
+    - ``best.ckpt``, the best ``val/elbo`` so far (the first callback, so ``ckpt_path="best"`` uses it);
+    - ``last.ckpt``, the end of every epoch. A separate callback, because Lightning 2.6's
+      ``save_last=True`` rewrites last.ckpt only in epochs where the monitored value improved, so
+      it would lag behind the last completed epoch that ``resume=true`` must continue from.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    best = ModelCheckpoint(
+        dirpath=directory, filename="best", monitor="val/elbo", mode="max", auto_insert_metric_name=False
+    )
+    last = ModelCheckpoint(dirpath=directory, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return [best, last]
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """``<run dir>/checkpoints/last.ckpt`` (the end of the last completed epoch), or None."""
     path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"

@@ -126,10 +126,13 @@ def describe_non_finite(pl_module: L.LightningModule, loss: torch.Tensor | None)
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str:
-    """The last checkpoint on disk (every written checkpoint is finite), or a note that there is none."""
+    """The most recently written checkpoint (every written checkpoint is finite), or a note that
+    there is none."""
+    paths = []
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
-            for path in (callback.last_model_path, callback.best_model_path):
-                if path and Path(path).is_file():
-                    return str(path)
-    return "none yet (no epoch has completed; the run must start over)"
+            paths += [Path(path) for path in (callback.last_model_path, callback.best_model_path) if path]
+    existing = [path for path in paths if path.is_file()]
+    if not existing:
+        return "none yet (no epoch has completed; the run must start over)"
+    return str(max(existing, key=lambda path: path.stat().st_mtime_ns))

@@ -30,12 +30,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, evaluate the best checkpoint, save images and the summary; returns the summary."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
-    from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, last_checkpoint
+    from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.config_schema import validate_config
     from vae_lab.files import check_writable_directory, write_json_atomically
     from vae_lab.finite_guard import NonFiniteGuard
@@ -70,20 +69,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if wandb_logger is not None and wandb_logger.start():
             loggers.append(wandb_logger)
 
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/elbo",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
+    checkpoints, last_epoch = checkpoint_callbacks(run_dir)
     interrupt = GracefulInterrupt()
     guard = [NonFiniteGuard(cfg.check_finite_every_n_steps)] if cfg.check_finite_every_n_steps else []
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoints, interrupt, *guard],
+        callbacks=[checkpoints, last_epoch, interrupt, *guard],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
