@@ -149,8 +149,10 @@ WRITER = textwrap.dedent(
 
 
 def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[int, bool]:
-    """Start a writer, let it finish one checkpoint, SIGKILL it at a random moment; returns the
-    last version it reported whole and whether the kill left a half-written temporary file."""
+    """Start a writer, let it finish one checkpoint, wait until its next write has begun (a
+    temporary file appears; for a plain torch.save, the checkpoint shrinks as it is rewritten),
+    then SIGKILL it after a random delay. Returns the last version it reported whole and whether
+    the kill left a half-written temporary file."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     path = tmp_path / "last.ckpt"
@@ -160,7 +162,18 @@ def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[in
     )
     try:
         first = int(writer.stdout.readline())  # one whole checkpoint is on disk
-        time.sleep(rng.uniform(0.0, 0.6))
+        whole_size = path.stat().st_size
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            writing = (
+                any(p.name.endswith(".tmp") for p in set(tmp_path.iterdir()) - before)
+                if atomic
+                else path.stat().st_size < whole_size
+            )
+            if writing:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.1) if atomic else 0.0)
     finally:
         writer.kill()
     reported = [first] + [int(line) for line in writer.stdout.read().split()]
@@ -180,21 +193,16 @@ def test_sigkill_during_atomic_checkpoint_writes_always_leaves_a_good_checkpoint
         assert version in (last_reported, last_reported + 1)
         assert all(bool((tensor == version).all()) for tensor in checkpoint["state_dict"].values())
         killed_mid_write += left_temporary
-    assert killed_mid_write >= 1  # the kills did land inside writes
+    assert killed_mid_write >= 3  # most kills landed inside a write (the others just after one)
 
 
 def test_sigkill_during_a_plain_torch_save_leaves_a_truncated_file_that_is_refused(tmp_path: Path) -> None:
     """The control: without the atomic rename the same kill truncates the checkpoint, and
     check_checkpoint refuses it with a clear message."""
-    rng = random.Random(1)
-    for _ in range(6):
-        write_and_kill(tmp_path, atomic=False, rng=rng)
-        try:
-            check_checkpoint(tmp_path / "last.ckpt")
-        except CheckpointError as error:
-            assert "cannot be read: the file is truncated or corrupt" in str(error)
-            return
-    pytest.fail("no kill landed inside a plain torch.save in 6 tries")
+    write_and_kill(tmp_path, atomic=False, rng=random.Random(1))
+    # Killed at once after torch.save reopened the file: empty, or a part of the new one.
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\): it was truncated|the file is truncated or corrupt"):
+        check_checkpoint(tmp_path / "last.ckpt")
 
 
 @pytest.fixture(scope="module")
