@@ -345,7 +345,7 @@ def test_unreachable_wandb_host_the_run_goes_on_with_local_logs(tmp_path: Path, 
     assert summary["status"] == "complete"
     assert summary["wandb"]["status"] == "failed"
     assert summary["wandb"]["during"] == "wandb.init"
-    assert "127.0.0.1:9" in summary["wandb"]["error"]
+    assert summary["wandb"]["error"].startswith("CommError: ")  # wandb's words vary: timed out / deadline exceeded
     assert summary["metrics"]["test/elbo"] < 0
     assert {"train/elbo", "val/elbo"} <= set(metrics_csv_columns(run_dir))
 
@@ -369,8 +369,9 @@ def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root:
                f"data.root={data_root}", f"hydra.run.dir={run_dir}"]
     run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not list(run_dir.glob("wandb/offline-run-*")) and time.time() < deadline and run.poll() is None:
-        time.sleep(0.05)
+    # The end of epoch 0: wandb.init is long done and the run has logged to wandb.
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.02)
     services = children_named(run.pid, "wandb-core")
     assert services, "the wandb service process was not found"
     for pid in services:
