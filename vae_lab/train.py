@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.finite_guard import NonFiniteGuard
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.interrupts import GracefulInterrupt
+    from vae_lab.resume import keep_logged_epochs
     from vae_lab.stopped_runs import record_stopped_run
     from vae_lab.tracking import make_wandb_logger, offline_sync_hint
 
@@ -57,12 +58,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, datamodule)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     if resume_from is not None:
-        check_checkpoint(resume_from, model)
+        keep_logged_epochs(loggers[0], through_epoch=check_checkpoint(resume_from, model)["epoch"])
     elif cfg.resume:
         print(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     wandb_logger = None
     if cfg.logger.get("wandb"):
         wandb_logger = make_wandb_logger(cfg.logger.wandb, run_dir, run_name(), resolved_config)
