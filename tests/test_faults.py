@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -282,18 +283,25 @@ def test_checkpoint_of_another_model_or_with_nan_weights_is_refused(finished_run
 
 
 # ---------------------------------------------------------------------------------------- output dir
-@pytest.fixture
-def read_only_dir(tmp_path: Path):
-    """A read-only tmpfs: not writable even by root (tests run as root, so chmod would not do)."""
-    mount_point = tmp_path / "read-only"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], capture_output=True)
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, options: str):
+    """A tmpfs mounted at ``mount_point`` for the duration (skips the test where mounting is not
+    permitted): a real read-only or full file system, which root cannot write either."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {result.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A read-only tmpfs: not writable even by root (tests run as root, so chmod would not do)."""
+    with tmpfs(tmp_path / "read-only", "ro,size=1m") as mount_point:
+        yield mount_point
 
 
 def test_read_only_output_dir_is_reported_before_anything_runs(read_only_dir: Path, tmp_path: Path, data_root: Path) -> None:
@@ -348,6 +356,22 @@ def test_unreachable_wandb_host_the_run_goes_on_with_local_logs(tmp_path: Path, 
     assert summary["wandb"]["error"].startswith("CommError: ")  # wandb's words vary: timed out / deadline exceeded
     assert summary["metrics"]["test/elbo"] < 0
     assert {"train/elbo", "val/elbo"} <= set(metrics_csv_columns(run_dir))
+
+
+def test_full_disk_under_the_wandb_dir_the_run_goes_on(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    with tmpfs(run_dir / "wandb", "size=16k"):  # room for wandb's first files, not for the images
+        result = run_cli(
+            "vae_lab.train", *TINY, *QUIET, "logger=wandb", f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "complete"
+    assert summary["wandb"]["status"] == "failed"
+    assert "No space left on device" in summary["wandb"]["error"]
+    assert summary["metrics"]["test/elbo"] < 0
+    assert (run_dir / "images" / "samples.png").stat().st_size > 1000
 
 
 def children_named(pid: int, name: str) -> list[int]:

@@ -85,10 +85,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with interrupt:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
             interrupt.check(" after training")
-            check_checkpoint(checkpoints.best_model_path, model)
+            best = checkpoints.best_model_path
+            check_checkpoint(best, model)
             for results in (
-                trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False),
-                trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False),
+                trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False),
+                trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False),
             ):
                 metrics.update({name: float(value) for name, value in results[0].items()})
     except BaseException as error:
