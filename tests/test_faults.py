@@ -112,6 +112,29 @@ def test_no_non_finite_checkpoint_is_ever_written(tmp_path: Path, data_root: Pat
     assert not [path.name for path in last.parent.iterdir() if path.name.endswith(".tmp")]
 
 
+def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(tmp_path: Path, data_root: Path) -> None:
+    """A real divergence, no hook: SGD with lr = 1e30 sends the posterior means past float32 at
+    step 1, so mu^2 in the KL (and in log p(z)) is inf."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "optimizer._target_=torch.optim.SGD", "optimizer.lr=1e30",
+        f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    expected = (
+        "vae_lab: error: training stopped at step 1 (epoch 0, batch 1): train/loss is inf; non-finite ELBO terms: "
+        "kl (50 of 50 values), log p(z) (50 of 50 values); non-finite gradient of encoder."
+    )
+    assert expected in result.stderr
+    assert "Last good checkpoint: none yet (no epoch has completed; the run must start over)." in result.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["error"].startswith("NumericalError: training stopped at step 1")
+    assert summary["global_steps"] == 1
+    (debug_log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
+    assert "got exitcode: 1" in debug_log.read_text()  # the wandb run was finished as failed
+    assert not list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
 def test_encoder_log_variance_is_bounded_by_construction() -> None:
     from vae_lab.networks import MLPEncoder
     from vae_lab.networks.base import LOG_VARIANCE_BOUND
