@@ -347,12 +347,10 @@ def _fits(value: Any, annotation: Any) -> bool:
         return isinstance(value, dict)
     if isinstance(annotation, str):
         return True  # an annotation that could not be resolved: nothing to check
-    # Any other class (nn.Module, Accelerator, a callable): only a nested _target_ can build one.
+    # Any other class (nn.Module, Accelerator) or a callable: only a nested _target_ can build one.
     if isinstance(value, dict) and "_target_" in value:
         return True
-    if origin is not None and origin in (Callable, typing.Callable) or annotation in (Callable, typing.Callable):
-        return False
-    return not isinstance(value, (str, int, float, bool, list)) if isinstance(annotation, type) else True
+    return not (isinstance(annotation, type) or origin is Callable or annotation is Callable)
 
 
 def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
