@@ -93,11 +93,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ):
                 metrics.update({name: float(value) for name, value in results[0].items()})
     except BaseException as error:
-        known = {"config": resolved_config, "choices": dict(hydra_config.runtime.choices), "seed": cfg.seed,
-                 "overrides": list(hydra_config.overrides.task), "epochs": trainer.current_epoch,
-                 "global_steps": trainer.global_step}
+        # A failure or an interruption: record it (summary.json, wandb) and say what to do.
+        known = {
+            "config": resolved_config,
+            "choices": dict(hydra_config.runtime.choices),
+            "overrides": list(hydra_config.overrides.task),
+            "seed": cfg.seed,
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+        }
         replacement = record_stopped_run(
-            error, run_dir=run_dir, interrupt=interrupt, overrides=hydra_config.overrides.task, summary=known,
+            error,
+            run_dir=run_dir,
+            interrupt=interrupt,
+            overrides=hydra_config.overrides.task,
+            summary=known,
             wandb_logger=wandb_logger,
             is_global_zero=trainer.is_global_zero,
         )
