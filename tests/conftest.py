@@ -38,6 +38,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETRC", os.devnull)
 
 
+def compose_config(*overrides: str):
+    """The composed config of ``python -m vae_lab.train <overrides>``, in-process."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vae_lab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 600, env: dict | None = None):
     """Run ``python -m <module> <overrides>`` in a subprocess, as a user would."""
     import subprocess
@@ -50,3 +58,31 @@ def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 600, env: 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def cifar_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with the real CIFAR-10 sample images in the official ``cifar-10-batches-py/``
+    format (see tests/cifar_sample.py) and the real MNIST beside them."""
+    from cifar_sample import write_cifar_batches
+
+    root = tmp_path_factory.mktemp("cifar_root")
+    write_cifar_batches(data_root / "cifar10-sample", root)
+    (root / "MNIST").symlink_to(data_root / "MNIST", target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_default_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny run of the default command (wandb logger, which goes offline without an API key):
+    ``(run directory, completed process)``. Shared by the output and wandb tests."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        os.environ.pop(name, None)
+    run_dir = tmp_path_factory.mktemp("tiny_default_run") / "run"
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    result = run_cli(
+        "vae_lab.train", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
+        env={"WANDB_SILENT": "true", "NETRC": os.devnull},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
 
 DDP_TIMEOUT = 400
-#: TINY with the wandb tracker (offline: the tests have no API key).
-TINY_WANDB = [*TINY, "logger=wandb"]
+#: TINY with the wandb tracker (offline: the tests have no API key), without the importance-sampled evaluation.
+TINY_WANDB = [*TINY, "logger=wandb", "eval.n_importance_samples=0"]
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -38,7 +38,7 @@ def assert_one_complete_ddp_run(run_dir: Path) -> dict:
     runs = find_offline_runs(run_dir)
     assert len(runs) == 1
     assert read_offline_run(runs[0]).run_id == summary["wandb_run_id"]
-    assert sorted(p.name for p in (run_dir / "images").iterdir()) == ["reconstructions.png", "samples.png"]
+    assert {"reconstructions.png", "samples.png"} <= {p.name for p in (run_dir / "images").iterdir()}
     return summary
 
 

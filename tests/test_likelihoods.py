@@ -4,16 +4,13 @@ served data forms, bits/dim, impossible pairs, and one real epoch on MNIST and C
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_cli
 from hydra import compose, initialize_config_module
-from PIL import Image
 
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.data_forms import DataForm
@@ -386,21 +383,6 @@ def test_impossible_pair_fails_at_start_up_on_the_command_line(tmp_path: Path) -
     assert result.returncode == 2, result.stderr
     assert "CIFAR-10 is colour data" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-@pytest.fixture(scope="module")
-def cifar_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny CIFAR-10 in the official python format: 5 training batches of 60 real images and a
-    test batch of 60, from the real sample (the first 360 images of ``data_batch_1``)."""
-    array = np.asarray(Image.open(data_root / "cifar10-sample" / "cifar10_batch_0.png")).reshape(1000, 32, 32, 3)
-    rows = array.transpose(0, 3, 1, 2).reshape(1000, 3072)  # red, green, blue planes per row
-    root = tmp_path_factory.mktemp("cifar")
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    for index, name in enumerate([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
-        with (folder / name).open("wb") as handle:
-            pickle.dump({b"data": rows[60 * index : 60 * (index + 1)]}, handle)
-    return root
 
 
 def check_served_form(datamodule, data_form: DataForm) -> None:

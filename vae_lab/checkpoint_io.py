@@ -1,4 +1,4 @@
-"""Lightning checkpoint I/O that writes atomically."""
+"""Lightning checkpoint I/O that writes atomically and never writes a non-finite checkpoint."""
 
 from __future__ import annotations
 
@@ -7,12 +7,24 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae_lab.checkpoints import non_finite_tensors
+from vae_lab.errors import NumericalError
 from vae_lab.files import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves with ``torch.save`` into a temporary file, then renames it over the checkpoint: a run
-    killed while saving keeps its previous good checkpoint."""
+    killed while saving keeps its previous good checkpoint.
+
+    A checkpoint whose weights or optimizer state hold a NaN or an inf is refused (NumericalError)
+    and the previous file is kept: a checkpoint on disk is always one that can be resumed from.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
+        bad = list(non_finite_tensors({key: checkpoint.get(key) for key in ("state_dict", "optimizer_states")}))
+        if bad:
+            raise NumericalError(
+                f"refusing to write checkpoint {path}: non-finite values in {', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}. The previous checkpoint at that path (if any) is kept."
+            )
         write_atomically(path, lambda file: torch.save(checkpoint, file))

@@ -19,3 +19,16 @@ class DataNotFoundError(VaeLabError):
 
 class CheckpointError(VaeLabError):
     """A checkpoint that cannot be used (truncated, foreign, or from another model)."""
+
+
+class NumericalError(VaeLabError):
+    """A loss, gradient or weight that is not finite: the run stops rather than train on NaNs."""
+
+
+class RunInterrupted(VaeLabError):
+    """SIGINT or SIGTERM stopped the run at a safe point; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        #: The process's exit status: 128 + the signal's number, as a shell reports a signal.
+        self.exit_code = exit_code

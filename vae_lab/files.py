@@ -30,3 +30,24 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
 def write_json_atomically(path: str | os.PathLike, value: Any) -> None:
     text = json.dumps(value, indent=2, sort_keys=False, default=str) + "\n"
     write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def check_writable_directory(directory: str | os.PathLike) -> None:
+    """Make ``directory`` (and its parents) and write, fsync, rename and delete a probe file in it,
+    the way every output is written; raise :class:`~vae_lab.errors.ConfigError` naming the
+    directory and the reason when that fails. (Permission bits alone do not tell: root ignores
+    them, and a read-only mount or a full disk refuses even root.)"""
+    from vae_lab.errors import ConfigError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".vae_lab_write_check"
+        write_atomically(probe, lambda file: file.write(b"ok\n"))
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"the output directory {directory} is not writable ({error.strerror or error}: "
+            f"{error.filename or directory}); nothing was run. Choose another with hydra.run.dir=<dir> "
+            "(hydra.sweep.dir=<dir> for a multirun), or fix the directory."
+        ) from None

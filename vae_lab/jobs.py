@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab import distributed, run_state
-from vae_lab.errors import VaeLabError
+from vae_lab.errors import RunInterrupted, VaeLabError
 from vae_lab.launchers import LauncherKind, launcher_kind
 
 #: Override keys that do not name a job in wandb (paths, resuming, launcher and sweep plumbing).
@@ -47,10 +46,6 @@ UNNAMED_OVERRIDES = ("hydra", "data.root", "resume", "sweep")
 TAGGED_GROUPS = ("data", "likelihood", "prior", "model", "objective", "trainer")
 #: The file in a sweep directory that fixes the sweep's wandb group across workers and re-launches.
 GROUP_FILE = ".wandb_group"
-
-
-class NonFiniteMetricsError(ArithmeticError):
-    """Training ended with a non-finite ELBO: the job failed even though nothing raised."""
 
 
 class JobFailedError(Exception):
@@ -170,16 +165,13 @@ class Job:
 
     def start(self, cfg: DictConfig) -> None:
         """Rank 0, when training is about to start (everything is built): mark the run ``running``
-        in summary.json; when resuming, set aside the metrics of the epochs before the checkpoint.
-        A run refused while it was being built leaves no summary (unless it is a multirun job)."""
+        in summary.json. A run refused while it was being built leaves no summary (unless it is a
+        multirun job)."""
         assert self.plan is not None
         if not self.is_rank_zero or self.started_by_vae_lab:
             return
         if self.plan.checkpoint is not None:
-            run_state.keep_metrics_before_resume(self.run_dir, run_state.checkpoint_epoch(self.plan.checkpoint))
             print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
-        elif cfg.get("resume"):
-            print(f"vae_lab: resume=true, but {self.run_dir} has no checkpoint yet: starting from scratch.")
         if not self.multirun:
             print(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -232,8 +224,8 @@ class Job:
         return [tag[:64] for tag in tags]
 
     def make_wandb_logger(self, settings: DictConfig | None, config: dict[str, Any]) -> Any:
-        """This job's wandb logger (rank 0 starts its run at once, so that even a job failing in its
-        first step is a run of the group), or None when wandb is off."""
+        """This job's wandb logger (vae_lab.tracking), named, grouped and tagged as this job, with
+        this job's run id; None when wandb is off."""
         if not settings:
             return None
         from vae_lab.tracking import make_wandb_logger
@@ -248,8 +240,6 @@ class Job:
             group=self.wandb_group(settings.get("group")) if self.is_rank_zero else settings.get("group"),
             tags=self.wandb_tags(list(settings.get("tags") or [])),
         )
-        if logger is not None and self.is_rank_zero and not self.started_by_vae_lab:
-            _ = logger.experiment
         self.wandb_logger = logger
         return logger
 
@@ -272,24 +262,10 @@ class Job:
             threads = max(1, threads // max(1, trainer.num_devices))
         return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, threads)
 
-    def check_finite(self, metrics: dict[str, float]) -> None:
-        """A run whose final metrics are NaN or infinite failed (for example it diverged)."""
-        bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
-        if bad:
-            listing = ", ".join(f"{name} = {value}" for name, value in sorted(bad.items()))
-            raise NonFiniteMetricsError(
-                f"training ended with non-finite metrics ({listing}); the run diverged. Try a smaller "
-                "optimizer.lr, or gradient clipping (trainer.gradient_clip_val)."
-            )
-
-    def finish_outputs(self) -> None:
-        """Rank 0, after training: put the metrics of the epochs before a resume back into metrics.csv."""
-        if self.is_rank_zero:
-            run_state.merge_metrics_after_resume(self.run_dir)
-
     # ------------------------------------------------------------------ the end
     def record_failure(self, cfg: DictConfig, error: BaseException) -> None:
-        """Rank 0: mark the run failed in summary.json and in wandb. Never raises.
+        """Rank 0: mark the run failed (or interrupted) in summary.json and in wandb, through
+        vae_lab.stopped_runs, unless train() already did. Never raises.
 
         Recorded: a run that started (or whose wandb run exists), and any multirun job that got
         past planning, so that a sweep's directory says which jobs failed. Not recorded: a single
@@ -299,65 +275,40 @@ class Job:
             return
         if not (self.running or self.wandb_logger is not None or self.multirun):
             return
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         try:
-            fields = {**self.summary_fields(), "failed": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            if not self.running:  # failed while being built: record what it was
-                fields["config"] = OmegaConf.to_container(cfg, resolve=True)
-            run_state.write_failed_summary(self.run_dir, fields, error, text)
-        except Exception as write_error:  # e.g. the output dir is not writable: say so, keep the first error
-            print(f"vae_lab: could not record the failure in {self.run_dir}: {write_error}", file=sys.stderr)
-        self._record_failure_in_wandb(cfg, error)
-
-    def _record_failure_in_wandb(self, cfg: DictConfig, error: BaseException) -> None:
-        if self.plan is None or not cfg.get("logger") or not cfg.logger.get("wandb"):
-            return
+            previous = run_state.read_summary(self.run_dir) or {}
+        except VaeLabError:
+            previous = {}
+        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted"):
+            return  # train() recorded it
         try:
-            if self.wandb_logger is None:
-                self.make_wandb_logger(cfg.logger.wandb, OmegaConf.to_container(cfg, resolve=True))
-            if self.wandb_logger is None:
-                return
-            import wandb
+            from vae_lab.interrupts import GracefulInterrupt
+            from vae_lab.stopped_runs import record_stopped_run
 
-            run = wandb.run
-            if run is None:
-                return
-            run.summary["status"] = "failed"
-            run.summary["error"] = f"{type(error).__name__}: {error}"[:1000]
-            wandb.finish(exit_code=1)
-        except Exception as wandb_error:
-            print(f"vae_lab: could not record the failure in wandb: {wandb_error}", file=sys.stderr)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            if self.wandb_logger is None and cfg.get("logger") and cfg.logger.get("wandb"):
+                logger = self.make_wandb_logger(cfg.logger.wandb, config)
+                if logger is not None:
+                    logger.start()
+            known = {"config": config, **(previous if previous.get("attempt") == self.attempt else {}), **self.summary_fields()}
+            record_stopped_run(
+                error, run_dir=self.run_dir, interrupt=GracefulInterrupt(), overrides=self.overrides, summary=known,
+                wandb_logger=self.wandb_logger,
+            )
+        except Exception as record_error:  # e.g. the output dir is not writable: say so, keep the first error
+            print(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}", file=sys.stderr)
 
     def close(self) -> None:
-        """Finish this job's wandb run if it is still open (only when wandb was ever imported)."""
+        """Finish this job's wandb run if it is still open, so that the next job of this process
+        gets a run of its own."""
+        if self.wandb_logger is not None:
+            self.wandb_logger.finish()
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             try:
                 wandb.finish()
             except Exception as error:
                 print(f"vae_lab: wandb.finish failed: {error}", file=sys.stderr)
-
-
-class OccupiedSweepDirGuard(Callback):
-    """A Hydra callback: a multirun without ``resume=true`` into a sweep directory whose jobs
-    already hold runs is refused before any job starts (exit 2), rather than job by job."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("resume"):
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        occupied = sorted(
-            path.parent.name
-            for pattern in ("*/" + run_state.SUMMARY, f"*/{run_state.LAST_CHECKPOINT}")
-            for path in sweep_dir.glob(pattern)
-        ) if sweep_dir.is_dir() else []
-        if occupied:
-            print(
-                f"vae_lab: error: {sweep_dir} already holds runs (job dirs {', '.join(sorted(set(occupied)))}). Pass "
-                "resume=true to skip its complete jobs and re-run the others, or choose another hydra.sweep.dir.",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
 
 
 def _cuda_available() -> bool:
@@ -400,8 +351,9 @@ def _error_to_raise(job: Job, error: BaseException) -> BaseException:
         return error
     if isinstance(error, VaeLabError):
         print(f"vae_lab: error: {error}", file=sys.stderr)
-        if not job.multirun or job.started_by_vae_lab:
-            return SystemExit(2)
+        # An interruption (Ctrl-C, SIGTERM) stops a whole multirun too.
+        if not job.multirun or job.started_by_vae_lab or isinstance(error, RunInterrupted):
+            return SystemExit(getattr(error, "exit_code", 2))
     elif not job.multirun or job.started_by_vae_lab:
         return error
     else:

@@ -124,6 +124,7 @@ class VAE(L.LightningModule):
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)  # [L, B] each
         kl, kl_per_dim = self.kl_divergence(posterior, z, log_prior, log_posterior)  # KL(q || p): [B]
         terms = ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim)  # ELBO = E_q log p(x|z) - KL
+        self.latest_terms = terms  # for the message of vae_lab.finite_guard when a term is not finite
         loss = self.objective.loss(terms, step=self.global_step, epoch=self.current_epoch)
         self.log_terms("train", terms)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)

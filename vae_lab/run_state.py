@@ -6,10 +6,10 @@ what a new launch into it does: start fresh, resume, skip, or refuse.
 - ``running``: written when a run starts (with its resolved config and wandb run id); a run that
   stays ``running`` was killed;
 - ``complete``: written when it ends (the full summary of vae_lab.train);
-- ``failed``: written when it raised, with the error and the end of the traceback.
+- ``failed`` / ``interrupted``: written when it raised or was stopped by a signal (vae_lab.stopped_runs).
 
 With ``resume=true`` a complete run is skipped, and any other run continues from its last
-epoch-end checkpoint (``checkpoints/last.ckpt``, written after every validation) in the same
+epoch-end checkpoint (``checkpoints/last.ckpt``, written at the end of every epoch) in the same
 directory with the same wandb run id; with no checkpoint yet it starts over. A resumed run must
 have the config it was started with, except for the keys in :data:`MAY_CHANGE_ON_RESUME`.
 A run killed mid-epoch resumes from the end of the last finished epoch and repeats the rest: the
@@ -22,8 +22,6 @@ mix their checkpoints.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import secrets
 import string
@@ -32,13 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from vae_lab.errors import ConfigError
-from vae_lab.files import write_atomically, write_json_atomically
+from vae_lab.files import write_json_atomically
 
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-METRICS = "metrics.csv"
-#: Rows of metrics.csv from before the latest resume, merged back into metrics.csv when the run ends.
-METRICS_BEFORE_RESUME = "metrics-before-resume.csv"
 
 #: Config keys a resumed run may change: where the data is, CPU threads, logging, and how long to train.
 MAY_CHANGE_ON_RESUME = ("resume", "data.root", "threads", "trainer.max_epochs", "logger")
@@ -149,81 +144,3 @@ def plan_launch(
 # ---------------------------------------------------------------------- summary.json states
 def write_running_summary(run_dir: Path, fields: dict[str, Any]) -> None:
     write_json_atomically(Path(run_dir) / SUMMARY, {"status": "running", **fields})
-
-
-def write_failed_summary(run_dir: Path, fields: dict[str, Any], error: BaseException, traceback_text: str) -> None:
-    """Mark the run failed, keeping what its running summary said (config, wandb id, ...)."""
-    previous = read_summary(run_dir) or {}
-    if previous.get("status") == "complete":
-        previous = {key: previous[key] for key in ("config", "overrides", "choices", "wandb_run_id") if key in previous}
-    checkpoint = Path(run_dir) / LAST_CHECKPOINT
-    summary = {
-        **previous,
-        **fields,
-        "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": traceback_text.strip().splitlines()[-30:],
-        "last_checkpoint": str(LAST_CHECKPOINT) if checkpoint.is_file() else None,
-    }
-    write_json_atomically(Path(run_dir) / SUMMARY, summary)
-
-
-# ---------------------------------------------------------------------- metrics.csv across resumes
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
-    keys = sorted({key for row in rows for key in row})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(path, lambda file: file.write(text.getvalue().encode()))
-
-
-def _epoch(row: dict[str, str]) -> float:
-    try:
-        return float(row.get("epoch") or "nan")
-    except ValueError:
-        return float("nan")
-
-
-def keep_metrics_before_resume(run_dir: Path, checkpoint_epoch: int) -> None:
-    """Lightning's CSV logger deletes metrics.csv when it starts; set aside the rows of the epochs the
-    resumed run will not repeat (epoch <= the checkpoint's), to merge them back at the end."""
-    run_dir = Path(run_dir)
-    rows = _read_rows(run_dir / METRICS_BEFORE_RESUME) + _read_rows(run_dir / METRICS)
-    kept = [row for row in rows if _epoch(row) <= checkpoint_epoch]
-    if kept:
-        _write_rows(run_dir / METRICS_BEFORE_RESUME, kept)
-    (run_dir / METRICS).unlink(missing_ok=True)
-
-
-def merge_metrics_after_resume(run_dir: Path) -> None:
-    """Put the rows set aside at resume back in front of the resumed run's rows, in metrics.csv."""
-    run_dir = Path(run_dir)
-    before = run_dir / METRICS_BEFORE_RESUME
-    if not before.is_file():
-        return
-    _write_rows(run_dir / METRICS, _read_rows(before) + _read_rows(run_dir / METRICS))
-    before.unlink()
-
-
-def checkpoint_epoch(checkpoint: Path) -> int:
-    """The epoch during which the checkpoint was saved (Lightning's ``epoch`` entry)."""
-    import torch
-
-    from vae_lab.errors import CheckpointError
-
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        return int(state["epoch"])
-    except Exception as error:
-        raise CheckpointError(
-            f"{checkpoint} cannot be resumed from ({type(error).__name__}: {error}). Delete it to resume from "
-            "scratch in the same directory, or start a new run."
-        ) from error

@@ -57,11 +57,13 @@ def make_wandb_logger(
     mode = resolve_wandb_mode(settings.mode)
     if mode == "disabled":
         return None
-    from lightning.pytorch.loggers import WandbLogger
+    import wandb
+
+    from vae_lab.wandb_failsafe import FailSafeWandbLogger
 
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
         print("wandb: no API key found (WANDB_API_KEY or `wandb login`): this run is logged offline.")
-    return WandbLogger(
+    return FailSafeWandbLogger(
         project=settings.project,
         entity=settings.entity,
         name=name,
@@ -72,6 +74,7 @@ def make_wandb_logger(
         id=run_id,
         config=config,
         log_model=False,
+        settings=wandb.Settings(init_timeout=float(settings.get("init_timeout", 60))),
     )
 
 

@@ -29,18 +29,27 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         job.prepare(cfg)
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
-    from vae_lab.files import write_json_atomically
+    from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
+    from vae_lab.config_schema import validate_config
+    from vae_lab.evaluation import evaluate_at_end_of_training
+    from vae_lab.files import check_writable_directory, write_json_atomically
+    from vae_lab.finite_guard import NonFiniteGuard
     from vae_lab.images import reconstruction_grid, save_grid
+    from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
+    from vae_lab.resume import keep_logged_epochs
+    from vae_lab.stopped_runs import record_stopped_run
     from vae_lab.tracking import offline_sync_hint
 
+    validate_config(cfg)  # every key, type and range, before any work
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    for directory in (run_dir, run_dir / CHECKPOINT_DIR):
+        check_writable_directory(directory)
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -49,23 +58,24 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
-
+    resume_from = last_checkpoint(run_dir) if cfg.resume else None
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if resume_from is not None and job.is_rank_zero:
+        keep_logged_epochs(loggers[0], through_epoch=check_checkpoint(resume_from, model)["epoch"])
+    elif cfg.resume:
+        print(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
+
     wandb_logger = None
     if cfg.logger.get("wandb"):
         wandb_logger = job.make_wandb_logger(cfg.logger.wandb, resolved_config)
-        if wandb_logger is not None:
+        if wandb_logger is not None and wandb_logger.start():
             loggers.append(wandb_logger)
 
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/elbo",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    callbacks: list[Any] = [checkpoints, *job.trainer_callbacks()]
+    checkpoints, last_epoch = checkpoint_callbacks(run_dir)
+    interrupt = GracefulInterrupt()
+    callbacks: list[Any] = [checkpoints, last_epoch, interrupt, *job.trainer_callbacks()]
+    if cfg.check_finite_every_n_steps:
+        callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
     if cfg.get("early_stopping"):
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -78,18 +88,46 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     metrics: dict[str, float] = {}
-    with job.processes(trainer, cfg):  # under DDP: the other ranks, started here and joined at the end
-        trainer.fit(model, datamodule=datamodule, ckpt_path=job.checkpoint_to_resume)
-        for results in (
-            trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False),
-            trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False),
-        ):
-            metrics.update({name: float(value) for name, value in results[0].items()})
+    try:
+        # Under DDP, job.processes starts the other ranks and joins them after testing.
+        with interrupt, job.processes(trainer, cfg):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+            interrupt.check(" after training")
+            best = checkpoints.best_model_path
+            check_checkpoint(best, model)
+            for results in (
+                trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False),
+                trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False),
+            ):
+                metrics.update({name: float(value) for name, value in results[0].items()})
+    except BaseException as error:
+        # A failure or an interruption: record it (summary.json, wandb) and say what to do.
+        known = {
+            **job.summary_fields(),
+            "config": resolved_config,
+            "choices": dict(hydra_config.runtime.choices),
+            "overrides": list(hydra_config.overrides.task),
+            "seed": cfg.seed,
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+        }
+        replacement = record_stopped_run(
+            error,
+            run_dir=run_dir,
+            interrupt=interrupt,
+            overrides=hydra_config.overrides.task,
+            summary=known,
+            wandb_logger=wandb_logger,
+            is_global_zero=trainer.is_global_zero,
+        )
+        if replacement is error:
+            raise
+        raise replacement from None
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        job.check_finite(metrics)
-        job.finish_outputs()
+        # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
+        metrics.update(evaluate_at_end_of_training(cfg, model, datamodule, wandb_logger))
         test_images = datamodule.example_images("test", 32).to(model.device)
         images = {
             "reconstructions": reconstruction_grid(
@@ -104,7 +142,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)
             )
-            wandb_logger.experiment.summary.update(metrics)
+            wandb_logger.run_safely("summary update", lambda: wandb_logger.experiment.summary.update(metrics))
         summary = {
             **job.summary_fields(),
             "status": "complete",
@@ -119,14 +157,13 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             "best_checkpoint": str(Path(checkpoints.best_model_path).relative_to(run_dir)),
             "metrics": metrics,
         }
-        write_json_atomically(run_dir / "summary.json", summary)
         if wandb_logger is not None:
-            hint = offline_sync_hint(wandb_logger)
-            import wandb
-
-            wandb.finish()
-            if hint:
+            hint = wandb_logger.run_safely("offline sync hint", lambda: offline_sync_hint(wandb_logger))
+            wandb_logger.finish()
+            summary["wandb"] = wandb_logger.status()
+            if hint and not wandb_logger.failed:
                 print(f"wandb: offline run saved; upload it later with: {hint}")
+        write_json_atomically(run_dir / "summary.json", summary)
         print(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {metrics.get('test/elbo', float('nan')):.2f} nats)")
     return summary
 

@@ -49,6 +49,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     name: str
     #: Whether binarizing makes sense (grey images); a Bernoulli likelihood is refused otherwise.
     binarizable: bool = True
+    #: Training images of the full data set, before the validation split (lets the config check
+    #: refuse a batch larger than the data before anything is loaded); None when unknown.
+    n_train_and_val: int | None = None
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ class CIFAR10DataModule(ImageDataModule):
     image_shape = (3, 32, 32)
     name = "CIFAR-10"
     binarizable = False
+    n_train_and_val = 50_000
 
     def expected_files(self) -> list[Path]:
         return [self.root / FOLDER / name for name in (*TRAIN_BATCHES, TEST_BATCH)]

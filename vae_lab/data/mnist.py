@@ -23,6 +23,7 @@ class MNISTDataModule(ImageDataModule):
 
     image_shape = (1, 28, 28)
     name = "MNIST"
+    n_train_and_val = 60_000
 
     def expected_files(self) -> list[Path]:
         return [self.root / "MNIST" / "raw" / name for name in RAW_FILES]

@@ -14,7 +14,7 @@ class GaussianLikelihood(LocationScaleLikelihood):
     ``variance``:
       - ``fixed``: sigma = ``fixed_sigma`` for every pixel;
       - ``per_channel``: one learned sigma per image channel;
-      - ``per_pixel``: the decoder outputs log sigma for each pixel.
+      - ``per_pixel``: the decoder outputs a second map per channel, the raw sigma of each pixel.
     Learned scales are ``min_sigma + softplus(raw)``: the floor keeps log p finite by construction
     (a collapsing sigma would otherwise send log p to +inf on dequantized data).
     """

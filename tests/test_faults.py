@@ -1,0 +1,504 @@
+"""Each fault of issue 8 injected for real, and what the run does about it.
+
+- a NaN from a forward hook on the decoder at step N (real Trainer fits);
+- SIGKILL during checkpoint writes, at several random moments (a real writer process);
+- truncated, foreign and mismatched checkpoints given to resume (the CLI) and to check_checkpoint;
+- an output dir that cannot be written: a read-only tmpfs mount (root ignores permission bits, not
+  a read-only file system) and a regular file where a directory must go;
+- an unreachable wandb host, and the wandb service killed mid-run;
+- SIGTERM mid-epoch, then resume=true, giving the same final metrics as an uninterrupted run;
+  SIGINT finishing the wandb run with the signal's exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from tests.conftest import TINY, run_cli
+from vae_lab.build import build_datamodule, build_model
+from vae_lab.checkpoint_io import AtomicCheckpointIO
+from vae_lab.checkpoints import check_checkpoint, checkpoint_callbacks, load_checkpoint
+from vae_lab.errors import CheckpointError, ConfigError, NumericalError
+from vae_lab.files import check_writable_directory
+from vae_lab.finite_guard import NonFiniteGuard
+
+QUIET = ["+trainer.enable_progress_bar=false"]
+
+
+def composed(*overrides: str):
+    with initialize_config_module("vae_lab.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------- numerical faults
+def fit_with_nan_from_decoder(tmp_path: Path, data_root: Path, nan_at_step: int, check_every: int):
+    """A real fit of the default model (10 steps per epoch) whose decoder outputs NaN at training
+    step ``nan_at_step``, through a forward hook. Returns (trainer, model, the raised error)."""
+    cfg = composed(*TINY, f"data.root={data_root}", "trainer.max_epochs=3", *QUIET)
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    training_calls = {"n": 0}
+
+    def nan_at_step_n(module, inputs, output):
+        if not module.training:
+            return output
+        step, training_calls["n"] = training_calls["n"], training_calls["n"] + 1
+        return output * float("nan") if step == nan_at_step else output
+
+    model.decoder.register_forward_hook(nan_at_step_n)
+    guard = [NonFiniteGuard(check_every)] if check_every else []
+    trainer = hydra.utils.instantiate(  # as train() builds it
+        cfg.trainer, logger=False, callbacks=[*checkpoint_callbacks(tmp_path), *guard], plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(tmp_path),
+    )
+    with pytest.raises(NumericalError) as raised:
+        trainer.fit(model, datamodule=datamodule)
+    return trainer, model, str(raised.value)
+
+
+def test_nan_at_step_n_stops_at_that_step_and_names_it(tmp_path: Path, data_root: Path) -> None:
+    trainer, model, message = fit_with_nan_from_decoder(tmp_path, data_root, nan_at_step=13, check_every=1)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert message.startswith("training stopped at step 13 (epoch 1, batch 3): train/loss is nan")
+    assert "non-finite ELBO terms: reconstruction log p(x|z) (50 of 50 values)" in message
+    assert "kl (" not in message  # the KL was finite: only the decoder's output was poisoned
+    # The NaN loss reaches every gradient (all 14 parameter tensors).
+    assert "non-finite gradient of encoder.features.1.0.weight, encoder.features.1.0.bias, " in message
+    assert "and 10 more." in message
+    assert f"Last good checkpoint: {last}." in message
+    # Stopped before the optimizer applied the NaN gradient: 13 updates, every weight finite.
+    assert trainer.global_step == 13
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    assert check_checkpoint(last, model)["global_step"] == 10  # the end of epoch 0, whole and finite
+
+
+def test_nan_found_by_a_sparser_check_still_reports_the_first_bad_step(tmp_path: Path, data_root: Path) -> None:
+    trainer, _, message = fit_with_nan_from_decoder(tmp_path, data_root, nan_at_step=13, check_every=4)
+    assert message.startswith("training stopped at step 13 (epoch 1): a non-finite loss or gradient")
+    assert "found by the check every 4 steps; the weights have taken 2 update(s) since" in message
+    assert trainer.global_step == 15
+
+
+def test_no_non_finite_checkpoint_is_ever_written(tmp_path: Path, data_root: Path) -> None:
+    """With the step check off, the NaN poisons the weights; the checkpoint writer refuses them at
+    the end of the epoch and the previous last.ckpt stays as it was. (best.ckpt is safe anyway:
+    Lightning never saves a NaN val/elbo as the best.)"""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    _, model, message = fit_with_nan_from_decoder(tmp_path, data_root, nan_at_step=13, check_every=0)
+    assert message.startswith(f"refusing to write checkpoint {last}: non-finite values in state_dict.")
+    assert not all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    checkpoint = check_checkpoint(last)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 10)
+    assert not [path.name for path in last.parent.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(tmp_path: Path, data_root: Path) -> None:
+    """A real divergence, no hook: SGD with lr = 1e30 sends the posterior means past float32 at
+    step 1, so mu^2 in the KL (and in log p(z)) is inf."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "optimizer._target_=torch.optim.SGD", "optimizer.lr=1e30",
+        f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    expected = (
+        "vae_lab: error: training stopped at step 1 (epoch 0, batch 1): train/loss is inf; non-finite ELBO terms: "
+        "kl (50 of 50 values), log p(z) (50 of 50 values); non-finite gradient of encoder."
+    )
+    assert expected in result.stderr
+    assert "Last good checkpoint: none yet (no epoch has completed; the run must start over)." in result.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["error"].startswith("NumericalError: training stopped at step 1")
+    assert summary["global_steps"] == 1
+    (debug_log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
+    assert "got exitcode: 1" in debug_log.read_text()  # the wandb run was finished as failed
+    assert not list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def test_encoder_log_variance_is_bounded_by_construction() -> None:
+    from vae_lab.networks import MLPEncoder
+    from vae_lab.networks.base import LOG_VARIANCE_BOUND
+
+    encoder = MLPEncoder((1, 28, 28), latent_dim=3, hidden_sizes=[8])
+    with torch.no_grad():
+        encoder.log_variance.bias.copy_(torch.tensor([1e4, -1e4, 0.5]))
+        encoder.log_variance.weight.zero_()
+    posterior = encoder(torch.rand(2, 1, 28, 28))
+    log_variance = 2 * posterior.base_dist.scale.log()
+    assert torch.allclose(log_variance[0], torch.tensor([LOG_VARIANCE_BOUND, -LOG_VARIANCE_BOUND, 0.5]), atol=1e-3)
+    z = posterior.rsample()
+    assert torch.isfinite(posterior.log_prob(z)).all()
+
+
+# ---------------------------------------------------------------------------------------- checkpoint files
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from vae_lab.checkpoint_io import AtomicCheckpointIO
+
+    path, atomic = sys.argv[1], sys.argv[2] == "atomic"
+    weights = {f"layer{i}.weight": torch.empty(2_000_000) for i in range(4)}  # 32 MB per checkpoint
+    for version in range(1, 10_000):
+        for tensor in weights.values():
+            tensor.fill_(version)
+        checkpoint = {"state_dict": weights, "epoch": version, "global_step": version,
+                      "pytorch-lightning_version": "2.6.6"}
+        if atomic:
+            AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+        else:
+            torch.save(checkpoint, path)
+        print(version, flush=True)
+    """
+)
+
+
+def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[int, bool]:
+    """Start a writer, let it finish one checkpoint, wait until its next write has begun (a
+    temporary file appears; for a plain torch.save, the checkpoint shrinks as it is rewritten),
+    then SIGKILL it after a random delay. Returns the last version it reported whole and whether
+    the kill left a half-written temporary file."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = tmp_path / "last.ckpt"
+    before = set(tmp_path.iterdir())
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(path), "atomic" if atomic else "plain"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        first = int(writer.stdout.readline())  # one whole checkpoint is on disk
+        whole_size = path.stat().st_size
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            writing = (
+                any(p.name.endswith(".tmp") for p in set(tmp_path.iterdir()) - before)
+                if atomic
+                else path.stat().st_size < whole_size
+            )
+            if writing:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.1) if atomic else 0.0)
+    finally:
+        writer.kill()
+    reported = [first] + [int(line) for line in writer.stdout.read().split()]
+    writer.wait()
+    leftovers = [p for p in set(tmp_path.iterdir()) - before if p.name.endswith(".tmp")]
+    return reported[-1], bool(leftovers)
+
+
+def test_sigkill_during_atomic_checkpoint_writes_always_leaves_a_good_checkpoint(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    killed_mid_write = 0
+    for _ in range(5):
+        last_reported, left_temporary = write_and_kill(tmp_path, atomic=True, rng=rng)
+        checkpoint = check_checkpoint(tmp_path / "last.ckpt")  # loads, Lightning keys, finite
+        version = checkpoint["epoch"]
+        # The file is the last reported version, or the next one if it was renamed just before the kill.
+        assert version in (last_reported, last_reported + 1)
+        assert all(bool((tensor == version).all()) for tensor in checkpoint["state_dict"].values())
+        killed_mid_write += left_temporary
+    assert killed_mid_write >= 3  # most kills landed inside a write (the others just after one)
+
+
+def test_sigkill_during_a_plain_torch_save_leaves_a_truncated_file_that_is_refused(tmp_path: Path) -> None:
+    """The control: without the atomic rename the same kill truncates the checkpoint, and
+    check_checkpoint refuses it with a clear message."""
+    write_and_kill(tmp_path, atomic=False, rng=random.Random(1))
+    # Killed at once after torch.save reopened the file: empty, or a part of the new one.
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\): it was truncated|the file is truncated or corrupt"):
+        check_checkpoint(tmp_path / "last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """A real one-epoch CLI run (its checkpoints are the good files the next tests corrupt)."""
+    work = tmp_path_factory.mktemp("finished")
+    run_dir = work / "run"
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=work
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_truncated_checkpoint_given_to_resume_is_refused(finished_run: Path, tmp_path: Path, data_root: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    size = last.stat().st_size
+    with last.open("r+b") as file:
+        file.truncate(size // 2)
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"vae_lab: error: checkpoint {last} ({size // 2} bytes) cannot be read: the file is truncated" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_summary(run_dir) == read_summary(finished_run)  # nothing was trained or overwritten
+
+
+class NotACheckpoint:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (lambda path, good: path.write_bytes(b""), "is empty (0 bytes): it was truncated"),
+        (lambda path, good: path.write_bytes(good[:100]), "cannot be read: the file is truncated or corrupt"),
+        (lambda path, good: path.write_bytes(good[:-1]), "cannot be read: the file is truncated or corrupt"),
+        (lambda path, good: path.write_text("epoch: 3\n"), "cannot be read: the file is truncated or corrupt"),
+        (lambda path, good: torch.save(torch.zeros(3), path), "holds a Tensor, not a Lightning checkpoint"),
+        (lambda path, good: torch.save({"model": {"w": torch.zeros(2)}}, path), "is not a Lightning checkpoint: it lacks state_dict"),
+        (lambda path, good: torch.save({"state_dict": {}, "x": NotACheckpoint()}, path), "holds Python objects other than tensors"),
+    ],
+    ids=["empty", "first-100-bytes", "last-byte-missing", "text-file", "a-tensor", "foreign-dict", "pickled-object"],
+)
+def test_truncated_or_foreign_checkpoint_is_refused(
+    finished_run: Path, tmp_path: Path, corrupt, expected: str
+) -> None:
+    """What resume, the best-checkpoint evaluation and vae_lab.evaluate all call."""
+    good = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
+    path = tmp_path / "bad.ckpt"
+    corrupt(path, good)
+    with pytest.raises(CheckpointError) as raised:
+        check_checkpoint(path)
+    assert str(raised.value).startswith(f"checkpoint {path}")
+    assert expected in str(raised.value)
+
+
+def test_checkpoint_of_another_model_or_with_nan_weights_is_refused(finished_run: Path, tmp_path: Path, data_root: Path) -> None:
+    last = finished_run / "checkpoints" / "last.ckpt"
+    cfg = composed(*TINY, f"data.root={data_root}", "model.latent_dim=20")
+    other_model = build_model(cfg, build_datamodule(cfg))
+    with pytest.raises(CheckpointError) as raised:
+        check_checkpoint(last, other_model)
+    assert "is from another model: encoder.mean.weight has shape [50, 200], the model needs [20, 200]" in str(raised.value)
+
+    checkpoint = load_checkpoint(last)
+    checkpoint["state_dict"]["decoder.output.bias"][3] = float("inf")
+    torch.save(checkpoint, tmp_path / "inf.ckpt")  # bypassing AtomicCheckpointIO, which would refuse it
+    with pytest.raises(CheckpointError, match=r"holds non-finite weights \(decoder.output.bias\)"):
+        check_checkpoint(tmp_path / "inf.ckpt")
+
+
+# ---------------------------------------------------------------------------------------- output dir
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, options: str):
+    """A tmpfs mounted at ``mount_point`` for the duration (skips the test where mounting is not
+    permitted): a real read-only or full file system, which root cannot write either."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A read-only tmpfs: not writable even by root (tests run as root, so chmod would not do)."""
+    with tmpfs(tmp_path / "read-only", "ro,size=1m") as mount_point:
+        yield mount_point
+
+
+def test_read_only_output_dir_is_reported_before_anything_runs(read_only_dir: Path, tmp_path: Path, data_root: Path) -> None:
+    with pytest.raises(ConfigError, match="Read-only file system"):
+        check_writable_directory(read_only_dir)
+    result = run_cli(
+        "vae_lab.train", *TINY, f"data.root={data_root}", f"hydra.run.dir={read_only_dir}/run", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"vae_lab: error: cannot create the output directory {read_only_dir}/run: the output directory "
+        f"{read_only_dir} is not writable (Read-only file system"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_file_in_place_of_the_checkpoint_dir_is_reported_before_training(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a directory")
+    result = run_cli("vae_lab.train", *TINY, f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"vae_lab: error: the output directory {run_dir / 'checkpoints'} is not writable (File exists" in result.stderr
+    assert not (run_dir / "metrics.csv").exists()  # training never started
+    assert (run_dir / "checkpoints").read_text() == "not a directory"
+
+
+# ---------------------------------------------------------------------------------------- wandb
+UNREACHABLE_WANDB = {
+    "WANDB_BASE_URL": "http://127.0.0.1:9",  # the discard port: connection refused
+    "WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+    "WANDB_MODE": "online",
+}
+
+
+def metrics_csv_columns(run_dir: Path) -> list[str]:
+    return (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+def test_unreachable_wandb_host_the_run_goes_on_with_local_logs(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "logger.wandb.init_timeout=3", f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, env=UNREACHABLE_WANDB,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vae_lab: wandb failed during wandb.init (CommError" in result.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "complete"
+    assert summary["wandb"]["status"] == "failed"
+    assert summary["wandb"]["during"] == "wandb.init"
+    assert summary["wandb"]["error"].startswith("CommError: ")  # wandb's words vary: timed out / deadline exceeded
+    assert summary["metrics"]["test/elbo"] < 0
+    assert {"train/elbo", "val/elbo"} <= set(metrics_csv_columns(run_dir))
+
+
+def test_full_disk_under_the_wandb_dir_the_run_goes_on(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    with tmpfs(run_dir / "wandb", "size=16k"):  # room for wandb's first files, not for the images
+        result = run_cli(
+            "vae_lab.train", *TINY, *QUIET, "logger=wandb", f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "complete"
+    assert summary["wandb"]["status"] == "failed"
+    assert "No space left on device" in summary["wandb"]["error"]
+    assert summary["metrics"]["test/elbo"] < 0
+    assert (run_dir / "images" / "samples.png").stat().st_size > 1000
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            command = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except OSError:
+            continue
+        if int(fields[1].split()[1]) == pid and command == name:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "vae_lab.train", *TINY, *QUIET, "trainer.max_epochs=3", "logger=wandb",
+               f"data.root={data_root}", f"hydra.run.dir={run_dir}"]
+    run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    # The end of epoch 0: wandb.init is long done and the run has logged to wandb.
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.02)
+    services = children_named(run.pid, "wandb-core")
+    assert services, "the wandb service process was not found"
+    for pid in services:
+        os.kill(pid, signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "complete"
+    assert summary["epochs"] == 3
+    assert summary["wandb"]["status"] == "failed"
+    assert summary["wandb"]["during"] != "wandb.init"  # it failed after the run had started
+    assert "Traceback" not in stderr
+    assert {"train/elbo", "val/elbo"} <= set(metrics_csv_columns(run_dir))
+
+
+# ---------------------------------------------------------------------------------------- interrupts
+#: 3,000 training images in batches of 50: 60 steps per epoch, long enough to land a signal mid-epoch.
+LONGER = [*TINY, "data.train_subset=3000", "trainer.max_epochs=3", *QUIET]
+
+
+def start_run(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "vae_lab.train", *LONGER, f"data.root={data_root}",
+               f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_in_second_epoch(run: subprocess.Popen, run_dir: Path, signum: int) -> tuple[str, str]:
+    """Send ``signum`` shortly after the first epoch's checkpoint appears (so, mid-epoch 1)."""
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    run.send_signal(signum)
+    return run.communicate(timeout=300)
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, data_root: Path) -> None:
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    reference = start_run(uninterrupted, data_root, "logger=csv")
+    stopped = start_run(interrupted, data_root, "logger=csv")
+    _, stderr = signal_in_second_epoch(stopped, interrupted, signal.SIGTERM)
+    assert reference.wait(timeout=600) == 0
+
+    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "vae_lab: received SIGTERM; stopping at the next batch boundary" in stderr
+    line = next(line for line in stderr.splitlines() if line.startswith("vae_lab: error: interrupted by SIGTERM"))
+    step = int(line.split("step ")[1].split(".")[0])
+    assert line.startswith("vae_lab: error: interrupted by SIGTERM at epoch 1, step ")
+    assert 60 < step < 120, line  # mid-epoch 1 (epoch 1 runs steps 60..119)
+    assert f"{interrupted}/checkpoints/last.ckpt holds the end of the last completed epoch" in line
+    resume = f"python -m vae_lab.train {' '.join(LONGER)} data.root={data_root} logger=csv resume=true hydra.run.dir={interrupted}"
+    assert resume in stderr
+    summary = read_summary(interrupted)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["resume_command"] == resume
+    assert check_checkpoint(interrupted / "checkpoints" / "last.ckpt")["global_step"] == 60
+
+    result = run_cli(
+        "vae_lab.train", *LONGER, f"data.root={data_root}", "logger=csv", "resume=true",
+        f"hydra.run.dir={interrupted}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, expected = read_summary(interrupted), read_summary(uninterrupted)
+    assert resumed["status"] == "complete" and resumed["global_steps"] == expected["global_steps"] == 180
+    assert resumed["metrics"] == expected["metrics"]  # bit for bit: same seed, same CPU
+    # and nothing logged was lost: the metrics file holds every epoch, as the uninterrupted run's does
+    assert (interrupted / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+
+
+def test_sigint_finishes_the_wandb_run_and_says_how_to_resume(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    run = start_run(run_dir, data_root, "logger=wandb")
+    _, stderr = signal_in_second_epoch(run, run_dir, signal.SIGINT)
+    assert run.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "vae_lab: error: interrupted by SIGINT at epoch 1, step " in stderr
+    assert f"resume=true hydra.run.dir={run_dir}" in stderr
+    assert "Traceback" not in stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted"
+    assert summary["wandb"]["status"] == "ok"
+    (debug_log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
+    assert "got exitcode: 130" in debug_log.read_text()  # wandb.finish(exit_code=130) ran
+    assert check_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 60

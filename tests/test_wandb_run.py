@@ -1,0 +1,64 @@
+"""With no API key the default run (logger=wandb) logs an offline wandb run; read back from disk it
+holds the logged metrics, the config and the image grids, under the overrides as its name."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+
+
+@pytest.fixture(scope="module")
+def offline_run(tiny_default_run):
+    run_dir, _ = tiny_default_run
+    runs = find_offline_runs(run_dir)
+    assert len(runs) == 1 and runs[0].parent == run_dir / "wandb"
+    return read_offline_run(runs[0])
+
+
+def test_stdout_tells_how_to_sync(tiny_default_run, offline_run) -> None:
+    _, result = tiny_default_run
+    assert "no API key" in result.stdout
+    assert f"wandb sync {offline_run.directory}" in result.stdout
+
+
+def test_run_is_named_after_the_overrides_and_holds_the_config(tiny_default_run, offline_run) -> None:
+    run_dir, _ = tiny_default_run
+    overrides = sorted(o for o in TINY if not o.startswith("logger="))
+    assert offline_run.name == ",".join(overrides)
+    assert offline_run.project == "vae_lab"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert offline_run.config == summary["config"]
+
+
+def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_run) -> None:
+    run_dir, _ = tiny_default_run
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(metrics)
+    for key, value in metrics.items():
+        logged = offline_run.values(key)
+        assert logged, key
+        assert logged[-1] == pytest.approx(value, rel=1e-6), key  # the last val/test logged = the summary's
+        assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
+    with (run_dir / "metrics.csv").open() as handle:
+        csv_rows = [row for row in csv.DictReader(handle) if row.get("train/elbo")]
+    for name in ("elbo", "reconstruction", "kl", "bpd"):
+        logged = offline_run.values(f"train/{name}")
+        assert logged == pytest.approx([float(row[f"train/{name}"]) for row in csv_rows], rel=1e-6)
+
+
+def test_image_grids_are_in_the_run(offline_run) -> None:
+    images = [row["images"] for row in offline_run.history if "images" in row]
+    assert len(images) == 1
+    entry = images[0]
+    assert entry["captions"] == ["reconstructions", "samples"] and entry["count"] == 2
+    assert entry["format"] == "png"
+    assert sorted(entry["filenames"]) == [f for f in offline_run.files if f.endswith(".png")]
+    for name in entry["filenames"]:
+        png = offline_run.directory / "files" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,176 @@
+"""Evaluate a finished run: ``python -m vae_lab.evaluate run_dir=<run dir> n_importance_samples=<k>``.
+
+Rebuilds the model from the run's saved config (``<run dir>/.hydra/config.yaml``), loads the best
+checkpoint (or ``checkpoint=<path>``, or ``run_dir=<a .ckpt file>``), computes the importance-sampled
+log-likelihood and the other test metrics of :mod:`vae_lab.evaluation`, prints them, and writes them
+into the run's ``summary.json`` (atomically, keeping its other fields). Settings: conf/evaluate.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
+
+CONFIG_PATH = "pkg://vae_lab.conf"
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+DEFAULT_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+
+
+def locate(run_dir: str | None, checkpoint: str | None) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) from ``run_dir`` (a run directory or a checkpoint in one)
+    and an optional explicit ``checkpoint``."""
+    if not run_dir:
+        raise ConfigError("run_dir is required: python -m vae_lab.evaluate run_dir=<run dir or checkpoint file>.")
+    path = Path(run_dir).expanduser().resolve()
+    if path.is_file():
+        checkpoint = checkpoint or str(path)
+        candidates = [path.parent, path.parent.parent]
+        found = next((folder for folder in candidates if (folder / RUN_CONFIG).is_file()), None)
+        if found is None:
+            raise ConfigError(
+                f"{path} is a file, but neither {path.parent} nor {path.parent.parent} holds the run's {RUN_CONFIG}; "
+                "pass run_dir=<the run's output directory> (and checkpoint=<file>)."
+            )
+        path = found
+    if not (path / RUN_CONFIG).is_file():
+        raise ConfigError(
+            f"{path} is not a vae_lab run directory: {RUN_CONFIG} is missing. Pass the output directory of a "
+            "`python -m vae_lab.train` run (hydra.run.dir), which holds .hydra/, checkpoints/ and summary.json."
+        )
+    if checkpoint:
+        return path, Path(checkpoint).expanduser().resolve()
+    summary = read_summary(path / "summary.json")
+    return path, path / summary.get("best_checkpoint", DEFAULT_CHECKPOINT)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The run's summary.json, or an empty one when the run did not write it."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one.") from error
+
+
+def read_state_dict(checkpoint: Path) -> dict[str, Any]:
+    """The model parameters in a Lightning checkpoint; CheckpointError when the file is missing,
+    truncated or not a Lightning checkpoint."""
+    import torch
+
+    if not checkpoint.is_file():
+        listing = sorted(p.name for p in checkpoint.parent.glob("*.ckpt")) if checkpoint.parent.is_dir() else []
+        raise CheckpointError(
+            f"no checkpoint at {checkpoint}"
+            + (f" (that folder holds: {', '.join(listing)}); pass checkpoint=<one of them>." if listing else ".")
+        )
+    try:
+        content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"{checkpoint} cannot be read as a PyTorch checkpoint; it is truncated or not a checkpoint "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty file'}). "
+            "Evaluate another checkpoint of the run (checkpoint=<run dir>/checkpoints/last.ckpt) or retrain."
+        ) from error
+    if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{checkpoint} is not a Lightning checkpoint of a vae_lab model (no 'state_dict' in it)."
+        )
+    # A model compiled with torch.compile saves its parameters under `_orig_mod.`.
+    return {key.replace("_orig_mod.", ""): value for key, value in content["state_dict"].items()}
+
+
+def load_weights(model: Any, checkpoint: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """Load a Lightning checkpoint's parameters into ``model``; CheckpointError when it cannot be
+    read (see :func:`read_state_dict`) or holds another model's parameters than this run's config builds."""
+    if state_dict is None:
+        state_dict = read_state_dict(checkpoint)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{checkpoint} holds the parameters of a different model than this run's config builds: "
+            f"{' '.join(str(error).split())[:400]}. Evaluate it with the run "
+            "directory that wrote it."
+        ) from error
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the run named by ``cfg.run_dir``, update its summary.json; returns the summary."""
+    import torch
+
+    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
+    from vae_lab.files import write_json_atomically
+
+    run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
+    state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
+    run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    if cfg.data_root:
+        run_cfg.data.root = cfg.data_root
+    threads = cfg.threads or run_cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed = cfg.seed
+    if seed is None:
+        seed = OmegaConf.select(run_cfg, "eval.seed", default=None)
+    if seed is None:
+        seed = run_cfg.get("seed", 0)
+    settings = EvaluationSettings(
+        n_importance_samples=cfg.n_importance_samples,
+        seed=int(seed),
+        memory_budget_mb=cfg.memory_budget_mb,
+        n_test_images=cfg.n_test_images,
+        active_unit_threshold=cfg.active_unit_threshold,
+    )
+
+    datamodule = build_datamodule(run_cfg)
+    model = build_model(run_cfg, datamodule)
+    load_weights(model, checkpoint, state_dict)
+    model.to(pick_device(cfg.device))
+    datamodule.setup("test")
+    result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
+
+    summary_path = run_dir / "summary.json"
+    summary = read_summary(summary_path)
+    summary.setdefault("metrics", {}).update(result.metrics())
+    summary["evaluation"] = {
+        **result.details(),
+        "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
+    }
+    write_json_atomically(summary_path, summary)
+
+    print(result.table())
+    trained_elbo = summary["metrics"].get("test/elbo")
+    if trained_elbo is not None:
+        print(f"{'-ELBO of trainer.test (test/elbo)':<28}  {-trained_elbo:.3f} nats")
+    print(f"vae_lab.evaluate: updated {summary_path}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_run(cfg)
+    except VaeLabError as error:
+        print(f"vae_lab: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
