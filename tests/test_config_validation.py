@@ -130,6 +130,28 @@ def test_valid_configs_pass(overrides: list[str]) -> None:
     assert find_problems(composed(*overrides)) == []
 
 
+def every_shipped_choice() -> list[list[str]]:
+    """Each yaml of each config group on its own, and each experiment with each schedule: discovered
+    from conf/, so a yaml added later that the schema does not know fails here, not at a user's start-up."""
+    conf = REPO / "conf"
+    choices = [
+        [f"{group.name}={path.stem}"]
+        for group in sorted(conf.iterdir())
+        if group.is_dir() and group.name not in ("experiment", "__pycache__", "hydra")
+        for path in sorted(group.glob("*.yaml"))
+    ]
+    return choices + [
+        [f"experiment={path.stem}", f"schedule={schedule}"]
+        for path in sorted((conf / "experiment").glob("*.yaml"))
+        for schedule in ("full", "short")
+    ]
+
+
+@pytest.mark.parametrize("overrides", every_shipped_choice(), ids=lambda overrides: " ".join(overrides))
+def test_every_shipped_config_passes(overrides: list[str]) -> None:
+    assert find_problems(composed(*overrides)) == []
+
+
 # ---------------------------------------------------------------------------------------- the real CLI
 @pytest.mark.parametrize(
     ("overrides", "expected"),

@@ -41,6 +41,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
+from vae_lab.evaluation import EvaluationSettings
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -131,6 +132,9 @@ RULES: dict[str, Rule] = {
     "seed": in_interval(0, 2**32 - 1),
     "threads": at_least(1),
     "check_finite_every_n_steps": at_least(0),
+    "schedule": one_of(("full", "short")),
+    "early_stopping.patience": at_least(1),
+    "eval.n_importance_samples": at_least(0),
     # data
     "data.batch_size": at_least(1),
     "data.eval_batch_size": at_least(1),
@@ -140,9 +144,11 @@ RULES: dict[str, Rule] = {
     "data.seed": at_least(0),
     "data.binarization": _lazy(lambda: _choices("vae_lab.data.base", "BINARIZATIONS")),
     # likelihood: scales are standard deviations (Gaussian) or scales (Laplace), > 0
-    "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.gaussian", "VARIANCE_MODES")),
-    "likelihood.*sigma": greater_than(0),
-    "likelihood.*scale": greater_than(0),
+    "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
+    "likelihood.scale": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
+    "likelihood.*_sigma": greater_than(0),
+    "likelihood.fixed_scale": greater_than(0),
+    "likelihood.min_scale": greater_than(0),
     "likelihood.n_components": at_least(1),
     "likelihood.n_mixtures": at_least(1),
     # prior
@@ -206,6 +212,7 @@ SUPPLIED_BY_CODE: dict[str, set[str]] = {
     "model.encoder": {"image_shape", "latent_dim"},
     "model.decoder": {"image_shape", "latent_dim", "out_channels"},
     "optimizer": {"params"},
+    "lr_scheduler": {"optimizer"},
     "trainer": {"logger", "callbacks", "plugins", "default_root_dir"},
 }
 
@@ -236,6 +243,13 @@ class ModelSettings:
     latent_dim: int
     encoder: Target
     decoder: Target
+    initialize_output_bias: bool = False
+
+
+@dataclass
+class EarlyStoppingSettings:
+    #: Epochs without a better val/elbo before training stops.
+    patience: int
 
 
 @dataclass
@@ -254,6 +268,12 @@ class RunSettings:
     threads: int | None = None
     resume: bool = False
     check_finite_every_n_steps: int = 1
+    lr_scheduler: Target | None = None
+    early_stopping: EarlyStoppingSettings | None = None
+    #: Which of an experiment's ``schedules`` to run (conf/experiment/*.yaml).
+    schedule: str = "full"
+    schedules: dict[str, Any] | None = None
+    eval: EvaluationSettings | None = None
 
 
 # ---------------------------------------------------------------------------------------- checking
