@@ -137,7 +137,8 @@ def every_shipped_choice() -> list[list[str]]:
     choices = [
         [f"{group.name}={path.stem}"]
         for group in sorted(conf.iterdir())
-        if group.is_dir() and group.name not in ("experiment", "__pycache__", "hydra")
+        # sweep/ holds +sweep=<name> files (whole sweeps): tests/test_sweeps.py validates each of their jobs.
+        if group.is_dir() and group.name not in ("experiment", "__pycache__", "hydra", "sweep")
         for path in sorted(group.glob("*.yaml"))
     ]
     return choices + [

@@ -81,6 +81,8 @@ def test_sweep_composes_every_job(name: str) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from vae_lab.config_schema import find_problems
+
     params = sweeper_params(name)
     jobs = planned_jobs(params)
     expected = 1
@@ -109,6 +111,8 @@ def test_sweep_composes_every_job(name: str) -> None:
                     assert cfg.hydra.runtime.choices[key] == value
                 else:
                     assert OmegaConf.select(cfg, key) == value
+            job_config = compose(config_name="config", overrides=[f"+sweep={name}", *job])
+            assert find_problems(job_config) == [], job  # every key, type and range (vae_lab.config_schema)
             composed += 1
     if not composed:
         pytest.skip(f"no job of {name} composes in this checkout yet; missing: {sorted(missing)}")
