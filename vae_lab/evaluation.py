@@ -180,7 +180,8 @@ def importance_sampled_terms(
         log_likelihood[start:stop] = model.observation_model(z).log_prob(x)
         log_prior[start:stop] = model.prior.log_prob(z)
         log_posterior[start:stop] = posterior.log_prob(z)
-    kl, kl_per_dim = model.kl_divergence(posterior, log_prior, log_posterior)
+    # The total KL uses all k samples; a Monte Carlo KL per dimension (no closed form) uses the last chunk's.
+    kl, kl_per_dim = model.kl_divergence(posterior, z, log_prior, log_posterior)
     return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), posterior.mean
 
 
