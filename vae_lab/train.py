@@ -35,15 +35,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
+    from vae_lab.compilation import compile_networks
+    from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
+    from vae_lab.progress_bar import ThrottledProgressBar
+    from vae_lab.threads import choose_threads
     from vae_lab.tracking import make_wandb_logger, offline_sync_hint
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     started = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -68,10 +70,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoints],
+        callbacks=[
+            checkpoints,
+            *([ThrottledProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
+            *filter(None, [epoch_timer_from_environment()]),
+        ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
+    device = trainer.strategy.root_device.type
+    torch.set_num_threads(
+        choose_threads(cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device)
+    )
+    compile_networks(model, cfg.compile)
     trainer.fit(model, datamodule=datamodule)
     metrics: dict[str, float] = {}
     for results in (
@@ -103,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "overrides": list(hydra_config.overrides.task),
             "seed": cfg.seed,
             "n_parameters": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(),
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "wall_time_seconds": round(time.time() - started, 2),

@@ -41,5 +41,6 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Independent:
         """x: images on the [0, 1] scale, ``[B, C, H, W]``; returns q(z|x) with event shape (latent_dim,)."""
         h = self.features(x)
-        scale = torch.exp(0.5 * self.log_variance(h))
-        return Independent(Normal(self.mean(h), scale, validate_args=False), 1)
+        # float32 even under mixed precision: log q(z|x) and the KL are sums over latent dimensions.
+        scale = torch.exp(0.5 * self.log_variance(h).float())
+        return Independent(Normal(self.mean(h).float(), scale, validate_args=False), 1)
