@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from conftest import TINY, run_cli
 from vae_lab.build import build_model
 from vae_lab.errors import ConfigError
-from vae_lab.progress_bar import ThrottledProgressBar
+from vae_lab.step_overheads import ThrottledProgressBar
 from vae_lab.threads import MANY_THREADS_FROM_GFLOP, available_cores, choose_threads, training_flops
 
 HEAVY_IMPORTS = ("torch", "lightning", "torchvision", "wandb", "matplotlib")

@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.files import write_json_atomically
     from vae_lab.images import reconstruction_grid, save_grid
-    from vae_lab.progress_bar import ThrottledProgressBar
+    from vae_lab.step_overheads import step_overhead_callbacks
     from vae_lab.threads import choose_threads
     from vae_lab.tracking import make_wandb_logger, offline_sync_hint
 
@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers,
         callbacks=[
             checkpoints,
-            *([ThrottledProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
+            *step_overhead_callbacks(cfg.trainer),
             *filter(None, [epoch_timer_from_environment()]),
         ],
         plugins=[AtomicCheckpointIO()],
