@@ -20,15 +20,16 @@ def available_cores() -> int:
 
 def training_flops(model: torch.nn.Module, image_shape: tuple[int, ...], batch_size: int) -> int:
     """Floating-point operations of one forward pass of the ELBO on a batch (counted by
-    ``torch.utils.flop_counter``: matrix products and convolutions), without touching the
-    global random state or any gradient."""
+    ``torch.utils.flop_counter``: matrix products and convolutions, which scale with the batch),
+    from one image (0.04 s, against 0.4 s for a batch of 100), without touching the global random
+    state or any gradient."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    images = torch.zeros((batch_size, *image_shape), device=next(model.parameters()).device)
+    image = torch.zeros((1, *image_shape), device=next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
-        model.elbo_terms(images, model.objective.n_samples)
-    return counter.get_total_flops()
+        model.elbo_terms(image, model.objective.n_samples)
+    return counter.get_total_flops() * batch_size
 
 
 def choose_threads(
