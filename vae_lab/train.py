@@ -90,9 +90,10 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     device = trainer.strategy.root_device.type
-    torch.set_num_threads(
-        choose_threads(cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device)
-    )
+    threads = choose_threads(cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device)
+    if job.threads_from_launcher:  # a parallel launcher's worker: never more than its share of the cores
+        threads = min(threads, job.threads)
+    torch.set_num_threads(threads)
     compile_networks(model, cfg.compile)
     metrics: dict[str, float] = {}
     try:
