@@ -19,6 +19,9 @@ TINY = [
     "data.eval_batch_size=500",
     "trainer.max_epochs=1",
     "logger=csv",
+    # The end-of-training evaluation still runs, on a tiny scale (the default is k = 5000 on every test image).
+    "eval.n_importance_samples=20",
+    "eval.n_test_images=200",
 ]
 
 
