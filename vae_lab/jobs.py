@@ -302,7 +302,8 @@ class Job:
         """Finish this job's wandb run if it is still open, so that the next job of this process
         gets a run of its own."""
         if self.wandb_logger is not None:
-            self.wandb_logger.finish()
+            self.wandb_logger.finish()  # fail-safe: a wandb that already failed is left alone
+            return
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             try:
