@@ -162,6 +162,17 @@ def default_run(folder: Path, data_root: str | None) -> str:
     return str(folder)
 
 
+def machine() -> dict:
+    """Where the figures come from, with the load average (other processes distort timings)."""
+    import os
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", help="a trained run (default: the default model at initialisation)")
@@ -214,7 +225,7 @@ def main() -> None:
         "k": args.k,
         "n_images": args.n_images,
         "run_dir": args.run_dir if Path(args.run_dir).exists() else "default model at initialisation",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": __import__("os").cpu_count()},
+        "machine": machine(),
         "time_ratio_definition": "vae_lab seconds / plain seconds (acceptance: <= 1.5)",
         "rows": rows,
     }

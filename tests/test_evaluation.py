@@ -226,7 +226,10 @@ def test_training_ends_with_the_evaluation_in_summary_and_wandb(trained_run: Pat
     assert len(metrics["test/kl_per_dim"]) == 50
     (records,) = trained_run.glob("wandb/offline-run-*/run-*.wandb")
     content = records.read_bytes()
-    assert b"test/nll_is" in content and b"test/kl_per_dim" in content
+    # The values themselves, as wandb's records hold them (JSON): logged, and in the run summary.
+    assert b"test/nll_is" in content and repr(metrics["test/nll_is"]).encode() in content
+    assert json.dumps(metrics["test/kl_per_dim"], separators=(",", ":")).encode() in content
+    assert b"test/kl_per_dim_chart" in content
 
 
 def test_evaluate_command_updates_summary_and_is_repeatable(trained_run: Path, data_root: Path) -> None:

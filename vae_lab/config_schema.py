@@ -130,7 +130,7 @@ def _lazy(make: Callable[[], Rule]) -> Rule:
 RULES: dict[str, Rule] = {
     # top level
     "seed": in_interval(0, 2**32 - 1),
-    "threads": at_least(1),
+    "threads": at_least_or(1, "auto", "1 or all cores by model size, vae_lab/threads.py"),
     "check_finite_every_n_steps": at_least(0),
     "schedule": one_of(("full", "short")),
     "early_stopping.patience": at_least(1),
@@ -265,7 +265,9 @@ class RunSettings:
     logger: LoggerSettings
     optimizer: Target
     seed: int = 0
-    threads: int | None = None
+    threads: int | str | None = "auto"
+    #: torch.compile the encoder and decoder: true (inductor), false, or a backend name.
+    compile: bool | str = False
     resume: bool = False
     check_finite_every_n_steps: int = 1
     lr_scheduler: Target | None = None

@@ -155,10 +155,9 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomically(summary_path, summary)
 
-    print(result.table())
     trained_elbo = summary["metrics"].get("test/elbo")
-    if trained_elbo is not None:
-        print(f"{'-ELBO of trainer.test (test/elbo)':<28}  {-trained_elbo:.3f} nats")
+    extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]
+    print(result.table(extra_rows))
     print(f"vae_lab.evaluate: updated {summary_path}")
     return summary
 

@@ -148,7 +148,7 @@ class Job:
             self.global_rank = distributed.global_rank_from_environment()
         if self.launcher is LauncherKind.JOBLIB:
             self._share_machine(cfg)
-        if cfg.get("threads"):
+        if isinstance(cfg.get("threads"), int):  # a number; auto is chosen by model size in train()
             self.threads = int(cfg.threads)
         if self.threads:
             import torch
@@ -188,7 +188,7 @@ class Job:
             from vae_lab.launchers import processes_per_node
 
             devices.lease_gpus(processes_per_node(cfg.trainer.get("devices", 1)))
-        elif not cfg.get("threads"):
+        elif cfg.get("threads") in (None, "auto"):
             self.threads = devices.threads_per_worker(workers)
             self.threads_from_launcher = True
 

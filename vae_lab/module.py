@@ -11,6 +11,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from vae_lab.data_forms import DataForm
+from vae_lab.epoch_means import EpochMeans
 from vae_lab.errors import ConfigError
 from vae_lab.likelihoods import Likelihood
 from vae_lab.objectives import ELBOTerms, Objective
@@ -51,6 +52,7 @@ class VAE(L.LightningModule):
         self.n_dims = int(torch.Size(image_shape).numel())  # D, pixel values per image
         self.seed = seed
         self.data_form: DataForm = likelihood.data_form
+        self.train_means = EpochMeans()  # the train/ metrics, logged once per epoch
         if objective.kl == "analytic" and not self.has_analytic_kl:
             raise ConfigError(
                 f"objective.kl=analytic needs a prior with a closed-form KL against the Gaussian posterior, "
@@ -126,16 +128,21 @@ class VAE(L.LightningModule):
         terms = ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim)  # ELBO = E_q log p(x|z) - KL
         self.latest_terms = terms  # for the message of vae_lab.finite_guard when a term is not finite
         loss = self.objective.loss(terms, step=self.global_step, epoch=self.current_epoch)
-        self.log_terms("train", terms)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        with torch.no_grad():
+            self.train_means.add({**self.metric_values(terms), "loss": loss.expand(x.shape[0])})
         return loss
 
     def on_train_epoch_start(self) -> None:
         # The epoch's noise (reparameterization) is a function of (seed, epoch, rank) only, so a run
         # resumed from an epoch-end checkpoint draws exactly what the uninterrupted run drew.
         torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank)
+        self.train_means.reset()
         for name, value in self.objective.logged_values(self.global_step, self.current_epoch).items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.train_means.means().items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
         terms = self.elbo_terms(x, n_samples=1)
@@ -150,18 +157,21 @@ class VAE(L.LightningModule):
     def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
         self.log_terms("test", self.elbo_terms(x, n_samples=1))
 
-    def log_terms(self, stage: str, terms: ELBOTerms) -> None:
-        """Log elbo, reconstruction, kl (nats per image) and bpd, averaged over images and ranks."""
+    def metric_values(self, terms: ELBOTerms) -> dict[str, torch.Tensor]:
+        """elbo, reconstruction, kl (nats per image) and bpd, one value per image."""
         elbo = terms.elbo
-        values = {
+        return {
             "elbo": elbo,
             "reconstruction": terms.reconstruction,
             "kl": terms.kl,
             "bpd": self.data_form.bits_per_dim(-elbo, self.n_dims),
         }
-        for name, value in values.items():
+
+    def log_terms(self, stage: str, terms: ELBOTerms) -> None:
+        """Log the metric values averaged over images and ranks."""
+        for name, value in self.metric_values(terms).items():
             self.log(
-                f"{stage}/{name}", value.mean(), on_step=False, on_epoch=True, batch_size=elbo.shape[0], sync_dist=True
+                f"{stage}/{name}", value.mean(), on_step=False, on_epoch=True, batch_size=value.shape[0], sync_dist=True
             )
 
     def configure_optimizers(self) -> Any:

@@ -34,7 +34,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
+    from vae_lab.compilation import compile_networks
     from vae_lab.config_schema import validate_config
+    from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.evaluation import evaluate_at_end_of_training
     from vae_lab.files import check_writable_directory, write_json_atomically
     from vae_lab.finite_guard import NonFiniteGuard
@@ -42,7 +44,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
     from vae_lab.resume import keep_logged_epochs
+    from vae_lab.step_overheads import step_overhead_callbacks
     from vae_lab.stopped_runs import record_stopped_run
+    from vae_lab.threads import choose_threads
     from vae_lab.tracking import offline_sync_hint
 
     validate_config(cfg)  # every key, type and range, before any work
@@ -51,8 +55,6 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     for directory in (run_dir, run_dir / CHECKPOINT_DIR):
         check_writable_directory(directory)
     started = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -83,10 +85,16 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *step_overhead_callbacks(cfg.trainer), *filter(None, [epoch_timer_from_environment()])],
         plugins=[AtomicCheckpointIO(), *job.trainer_plugins()],
         default_root_dir=str(run_dir),
     )
+    device = trainer.strategy.root_device.type
+    threads = choose_threads(cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device)
+    if job.threads_from_launcher:  # a parallel launcher's worker: never more than its share of the cores
+        threads = min(threads, job.threads)
+    torch.set_num_threads(threads)
+    compile_networks(model, cfg.compile)
     metrics: dict[str, float] = {}
     try:
         # Under DDP, job.processes starts the other ranks and joins them after testing.
@@ -151,6 +159,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             "overrides": list(hydra_config.overrides.task),
             "seed": cfg.seed,
             "n_parameters": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(),
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "wall_time_seconds": round(time.time() - started, 2),

@@ -8,25 +8,38 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import Dataset, Subset
 
 from vae_lab.data.batches import InMemoryBatches
+from vae_lab.data.dataloader import DataLoaderBatches, UInt8Images
 from vae_lab.data_forms import DataForm
 from vae_lab.errors import ConfigError, DataNotFoundError
 
 BINARIZATIONS = ("dynamic", "static", "none")
+LOADERS = ("memory", "torchvision")
 
 #: Seeds of the fixed draws every evaluation sees (binarized or dequantized once, for every run).
 EVALUATION_SEED = 1234
 
 
 def binarize(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each pixel ~ Bernoulli(grey value / 255) (dynamic binarization, Burda et al. 2016, sec. 5.1)."""
-    return torch.bernoulli(images.float() / 255.0, generator=generator)
+    """Each pixel ~ Bernoulli(grey value / 255) (dynamic binarization, Burda et al. 2016, sec. 5.1),
+    drawn as [u < grey / 255] with u ~ U[0, 1): the same distribution as ``torch.bernoulli``, at
+    2-3x its speed on the CPU (one vectorized uniform draw instead of one Bernoulli per pixel)."""
+    uniform = torch.rand(images.shape, generator=generator, device=images.device)
+    return (uniform < images.float() / 255.0).float()
 
 
 def dequantize(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """y = (x + u) / 256 with u ~ U[0, 1): uniform dequantization (Theis et al. 2016, sec. 3.1)."""
-    return (images.float() + torch.rand(images.shape, generator=generator)) / 256.0
+    """y = (x + u) / 256 with u ~ U[0, 1): uniform dequantization (Theis et al. 2016, sec. 3.1).
+
+    In float32, x + u rounds up to x + 1 when u is within 2^-17 of 1 (a few pixels per epoch of
+    MNIST); y is kept below (x + 1) / 256, so it stays in x's bin and below 1 (log(1 - y) finite).
+    """
+    grey = images.float()
+    y = (grey + torch.rand(images.shape, generator=generator, device=images.device)) / 256.0
+    upper = (grey + 1.0) / 256.0
+    return torch.minimum(y, torch.nextafter(upper, torch.zeros_like(upper)))
 
 
 def as_float(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -41,6 +54,13 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     images are binarized (or dequantized) once with a fixed seed, so every evaluation of every run
     sees the same bits. The validation split is held out of the training images with
     ``split_seed``, independent of the run's seed.
+
+    ``loader=memory`` (the default) serves training batches from the whole training set held on
+    the training device (:class:`~vae_lab.data.batches.InMemoryBatches`); ``loader=torchvision``
+    serves the same images in the same order with the same random draws through a
+    ``torch.utils.data.DataLoader`` with ``num_workers`` workers over torchvision's data set
+    (:mod:`vae_lab.data.dataloader`), the path for data that does not fit in memory. Validation
+    and test sets are drawn once and held in memory in both cases.
     """
 
     #: (channels, height, width) of the images.
@@ -65,8 +85,17 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         split_seed: int = 0,
         download: bool = False,
         train_subset: int | None = None,
+        loader: str = "memory",
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is unknown; use memory (the default) or torchvision.")
+        if num_workers < 0 or (num_workers > 0 and loader == "memory"):
+            raise ConfigError(
+                f"data.num_workers={num_workers}: worker processes serve the torchvision DataLoader only; "
+                "use data.loader=torchvision with data.num_workers >= 0, or data.num_workers=0."
+            )
         self.root = Path(root).expanduser()
         self.data_form = DataForm(data_form)
         self.batch_size = batch_size
@@ -77,7 +106,11 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         self.split_seed = split_seed
         self.download = download
         self.train_subset = train_subset
+        self.loader = loader
+        self.num_workers = num_workers
         self.splits: dict[str, torch.Tensor] = {}
+        #: Positions of the training images in the file's training set (the torchvision path's subset).
+        self.train_indices = torch.empty(0, dtype=torch.long)
         if not download:
             self.check_files()
 
@@ -149,6 +182,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         """Fetch the files (needs network); subclasses that can download override this."""
         raise DataNotFoundError(f"{self.name} cannot be downloaded by vae_lab. {self.how_to_get()}")
 
+    def torchvision_train_set(self) -> Dataset:
+        """The file's training images (validation included, file order) as a map-style data set of
+        uint8 ``[C, H, W]`` items for the torchvision path; data sets with a torchvision class
+        override this to use it."""
+        return UInt8Images(self.load_uint8()[0])
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -159,9 +198,10 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
                 f"use data.val_size < {train_and_val.shape[0]}."
             )
         order = torch.randperm(train_and_val.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
-        train = train_and_val[order[self.val_size :]]
+        self.train_indices = order[self.val_size :]
         if self.train_subset:
-            train = train[: self.train_subset]
+            self.train_indices = self.train_indices[: self.train_subset]
+        train = train_and_val[self.train_indices]
         self.splits = {
             "train": self._fixed_train(train),
             "val": self._fixed_eval(train_and_val[order[: self.val_size]], EVALUATION_SEED),
@@ -205,10 +245,20 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
-    def train_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(
-            self.splits["train"],
-            self.batch_size,
+    def _device(self) -> torch.device:
+        """The training device (this rank's GPU under DDP); the CPU without a trainer."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def on_device(self, split: str) -> torch.Tensor:
+        """The split held on the training device: moved there once, on first use."""
+        images = self.splits[split]
+        if images.device != self._device():
+            images = self.splits[split] = images.to(self._device())
+        return images
+
+    def train_dataloader(self) -> InMemoryBatches | DataLoaderBatches:
+        batching = dict(
+            batch_size=self.batch_size,
             shuffle=True,
             seed=self.seed,
             transform=self._train_transform(),
@@ -217,10 +267,17 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
             world_size=self._world_size,
             drop_last=True,
         )
+        if self.loader == "memory":
+            return InMemoryBatches(self.on_device("train"), **batching)
+        if self.binarization == "static":  # the fixed bits are a data set of their own
+            dataset: Dataset = UInt8Images(self.splits["train"])
+        else:
+            dataset = Subset(self.torchvision_train_set(), self.train_indices.tolist())
+        return DataLoaderBatches(dataset, **batching, device=self._device, num_workers=self.num_workers)
 
     def _eval_loader(self, split: str) -> InMemoryBatches:
         return InMemoryBatches(
-            self.splits[split], self.eval_batch_size, shuffle=False, rank=self._rank, world_size=self._world_size
+            self.on_device(split), self.eval_batch_size, shuffle=False, rank=self._rank, world_size=self._world_size
         )
 
     def val_dataloader(self) -> InMemoryBatches:
@@ -236,5 +293,5 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         images = self.splits[split]
         images = images[torch.randperm(images.shape[0], generator=generator)[:n]] if generator is not None else images[:n]
         if split == "train":
-            return self._train_transform()(images, torch.Generator().manual_seed(self.seed))
+            return self._train_transform()(images, torch.Generator(images.device).manual_seed(self.seed))
         return images

@@ -38,8 +38,9 @@ class Likelihood(nn.Module, abc.ABC):
         """The per-pixel distribution, batch shape ``[..., C, H, W]`` and empty event shape."""
 
     def forward(self, decoder_output: torch.Tensor) -> Distribution:
-        """p(x|z) with event shape (C, H, W): ``log_prob`` sums over all pixels."""
-        return Independent(self.pixel_distribution(decoder_output), 3)
+        """p(x|z) with event shape (C, H, W): ``log_prob`` sums over all pixels, in float32 even
+        under mixed precision (in bfloat16, a log-likelihood of ~100 nats has steps of half a nat)."""
+        return Independent(self.pixel_distribution(decoder_output.float()), 3)
 
     def split_parameters(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split ``[..., P*C, H, W]`` into P tensors of shape ``[..., C, H, W]``."""

@@ -55,6 +55,7 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Independent:
         """x: images on the [0, 1] scale, ``[B, C, H, W]``; returns q(z|x) with event shape (latent_dim,)."""
         h = self.features(x)
-        log_variance = LOG_VARIANCE_BOUND * torch.tanh(self.log_variance(h) / LOG_VARIANCE_BOUND)
+        # float32 even under mixed precision: log q(z|x) and the KL are sums over latent dimensions.
+        log_variance = LOG_VARIANCE_BOUND * torch.tanh(self.log_variance(h).float() / LOG_VARIANCE_BOUND)
         scale = torch.exp(0.5 * log_variance)
-        return Independent(Normal(self.mean(h), scale, validate_args=False), 1)
+        return Independent(Normal(self.mean(h).float(), scale, validate_args=False), 1)
