@@ -180,8 +180,8 @@ def test_samples_vs_batch_through_joblib_with_two_workers(data_root: Path, tmp_p
     grid = {(s["config"]["objective"]["n_samples"], s["config"]["data"]["batch_size"]) for s in summaries}
     assert grid == {(1, 20), (1, 100), (5, 20), (5, 100)}
     assert all(s["config"]["trainer"]["max_epochs"] == 1 and s["launcher"] == "joblib" for s in summaries)
-    # 2 workers share the cores: each job got cores // 2 torch threads.
-    assert {s["torch_threads"] for s in summaries} == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    # 2 workers share the cores: no job took more than cores // 2 torch threads.
+    assert all(1 <= s["threads"] <= max(1, len(os.sched_getaffinity(0)) // 2) for s in summaries)
     # Steps per epoch follow M: 500 images / 20 = 25 steps, / 100 = 5 steps.
     assert {s["config"]["data"]["batch_size"]: s["global_steps"] for s in summaries} == {20: 25, 100: 5}
     runs = [read_offline_run(path) for path in find_offline_runs(sweep_dir)]
