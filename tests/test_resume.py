@@ -17,16 +17,14 @@ from conftest import TINY, run_cli
 
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
 
-#: 10,000 training images (200 steps of 50 per epoch), 3 epochs, one thread (bitwise-repeatable), a
-#: small importance-sampled evaluation (its numbers must repeat too).
+#: 10,000 training images (200 steps of 50 per epoch), 3 epochs, one thread (bitwise-repeatable).
 RESUMABLE = [
     *(o for o in TINY if not o.startswith(("data.train_subset=", "trainer.max_epochs=", "logger="))),
     "data.train_subset=10000",
     "trainer.max_epochs=3",
     "threads=1",
     "logger=wandb",
-    "eval.n_importance_samples=20",
-    "eval.n_test_images=200",
+    "eval.n_importance_samples=0",
 ]
 
 

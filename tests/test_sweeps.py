@@ -180,8 +180,8 @@ def test_samples_vs_batch_through_joblib_with_two_workers(data_root: Path, tmp_p
     grid = {(s["config"]["objective"]["n_samples"], s["config"]["data"]["batch_size"]) for s in summaries}
     assert grid == {(1, 20), (1, 100), (5, 20), (5, 100)}
     assert all(s["config"]["trainer"]["max_epochs"] == 1 and s["launcher"] == "joblib" for s in summaries)
-    # 2 workers share the cores: each job got cores // 2 torch threads.
-    assert {s["torch_threads"] for s in summaries} == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    # 2 workers share the cores: no job took more than cores // 2 torch threads.
+    assert all(1 <= s["threads"] <= max(1, len(os.sched_getaffinity(0)) // 2) for s in summaries)
     # Steps per epoch follow M: 500 images / 20 = 25 steps, / 100 = 5 steps.
     assert {s["config"]["data"]["batch_size"]: s["global_steps"] for s in summaries} == {20: 25, 100: 5}
     runs = [read_offline_run(path) for path in find_offline_runs(sweep_dir)]
@@ -214,68 +214,35 @@ def test_ddp_job_through_submitit_local(data_root: Path, tmp_path: Path) -> None
 
 
 def test_failing_jobs_are_recorded_and_the_sweep_goes_on(data_root: Path, tmp_path: Path) -> None:
-    """Three kinds of failure (a ConfigError at setup, an exception from torch, a diverged run stopped
-    at its first non-finite loss) in a 6-job multirun: each recorded as failed in its summary.json and its wandb run,
-    the last job still completes, and the multirun exits non-zero."""
+    """Three kinds of failure in an 8-job multirun: a config refused at start-up (a batch larger than
+    the data), an exception from Lightning (an accelerator this machine does not have), and a run that
+    diverges (stopped at its first non-finite loss). Each is recorded as failed in its summary.json
+    and in its wandb run; the last job still completes; the multirun exits non-zero."""
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        "vae_lab.train", "-m", *QUICK_UNBATCHED, "logger=wandb", "optimizer.lr=-1,1e30,0.001", "data.batch_size=1000,50",
+        "vae_lab.train", "-m", *QUICK_UNBATCHED, "logger=wandb",
+        "data.batch_size=1000,50", "trainer.accelerator=tpu,cpu", "optimizer.lr=1e30,0.001",
         f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900,
     )
     assert result.returncode == 1
     assert "JobFailedError" in result.stderr
-    jobs = job_dirs(sweep_dir)
-    summaries = [summary_of(job) for job in jobs]
+    summaries = [summary_of(job) for job in job_dirs(sweep_dir)]
     errors = [s.get("error", "") for s in summaries]
-    assert [s["status"] for s in summaries] == ["failed"] * 5 + ["complete"]
-    for index in (0, 2, 4):  # data.batch_size=1000 > 500 training images
-        assert errors[index].startswith("ConfigError: data.batch_size=1000")
-    assert errors[1].startswith("ValueError: Invalid learning rate: -1")
-    assert errors[3].startswith("NumericalError: training stopped at") and "optimizer.lr" in errors[3]
-    assert summaries[5]["metrics"]["test/elbo"] < 0
-    assert all(s["config"]["optimizer"]["lr"] == lr for s, lr in zip(summaries, [-1, -1, 1e30, 1e30, 0.001, 0.001]))
+    assert [s["status"] for s in summaries] == ["failed"] * 7 + ["complete"]
+    assert all("data.batch_size=1000: not allowed" in error for error in errors[:4])
+    assert all("torch_xla" in error for error in errors[4:6])
+    assert errors[6].startswith("NumericalError: training stopped at") and "optimizer.lr" in errors[6]
+    assert summaries[7]["metrics"]["test/elbo"] < 0
+    expected = [(batch, accelerator, lr) for batch in (1000, 50) for accelerator in ("tpu", "cpu") for lr in (1e30, 0.001)]
+    recorded = [(s["config"]["data"]["batch_size"], s["config"]["trainer"]["accelerator"], s["config"]["optimizer"]["lr"])
+                for s in summaries]
+    assert recorded == expected
     # Every job is its own wandb run in the sweep's group; failed runs say so in their summary.
     runs = {run.run_id: run for run in map(read_offline_run, find_offline_runs(sweep_dir))}
-    assert len(runs) == 6 and len({run.group for run in runs.values()}) == 1
+    assert len(runs) == 8 and len({run.group for run in runs.values()}) == 1
     for summary in summaries:
         run = runs[summary["wandb_run_id"]]
         if summary["status"] == "failed":
             assert run.summary["status"] == "failed" and run.summary["error"] == summary["error"]
         else:
             assert "status" not in run.summary and run.summary["test/elbo"] == pytest.approx(summary["metrics"]["test/elbo"])
-
-
-def test_sweeps_ship_in_a_plain_install(tmp_path: Path) -> None:
-    """``pip install .`` (a wheel, not editable) carries sweeps/ as the group ``sweep``: composed from
-    a directory outside the repository."""
-    import subprocess
-    import zipfile
-
-    import torch
-
-    wheel_dir = tmp_path / "wheel"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir)],
-        check=True, capture_output=True, timeout=300,
-    )
-    (wheel,) = wheel_dir.glob("vae_lab-*.whl")
-    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("vae_lab/conf/sweep/")}
-    assert shipped == {f"vae_lab/conf/sweep/{path.relative_to(SWEEPS)}" for path in SWEEPS.rglob("*.yaml")}
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    (site,) = venv.glob("lib/python*/site-packages")
-    (site / "dependencies.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")  # torch, hydra, ... as installed here
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-        check=True, capture_output=True, timeout=300,
-    )
-    python = str(venv / "bin" / "python")
-    where = subprocess.run([python, "-c", "import vae_lab; print(vae_lab.__file__)"], cwd=tmp_path, capture_output=True, text=True)
-    assert where.stdout.startswith(str(site))
-    result = subprocess.run(
-        [python, "-m", "vae_lab.train", "+sweep=seeds", "--cfg", "hydra", "-p", "hydra.sweeper.params"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "seed: 0,1,2,3,4" in result.stdout

@@ -203,7 +203,6 @@ class Job:
             "overrides": self.overrides,
             "choices": self.choices,
             "launcher": self.launcher.value,
-            "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
         }
 
     @property
@@ -257,10 +256,10 @@ class Job:
         distributed.check_supported(trainer, self.launcher)
         distributed.check_world_size(trainer)
         self.start(cfg)
-        threads = self.threads
-        if threads and self.threads_from_launcher:
-            threads = max(1, threads // max(1, trainer.num_devices))
-        return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, threads)
+        import torch
+
+        # The ranks vae_lab starts use the threads train() chose for this process.
+        return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, torch.get_num_threads())
 
     # ------------------------------------------------------------------ the end
     def record_failure(self, cfg: DictConfig, error: BaseException) -> None:
@@ -302,7 +301,8 @@ class Job:
         """Finish this job's wandb run if it is still open, so that the next job of this process
         gets a run of its own."""
         if self.wandb_logger is not None:
-            self.wandb_logger.finish()
+            self.wandb_logger.finish()  # fail-safe: a wandb that already failed is left alone
+            return
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             try:
