@@ -67,6 +67,14 @@ class VAE(L.LightningModule):
                 "the total KL) with this prior."
             )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook, ~40 times per training step; a plain
+        # attribute skips nn.Module's parameter/buffer/module checks (0.12 ms of CPU per step here).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # ------------------------------------------------------------------ the model
     @property
     def has_analytic_kl(self) -> bool:
