@@ -117,15 +117,13 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
+    from vae_lab.threads import choose_threads
 
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
     state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
     run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     if cfg.data_root:
         run_cfg.data.root = cfg.data_root
-    threads = cfg.threads or run_cfg.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
     seed = cfg.seed
     if seed is None:
         seed = OmegaConf.select(run_cfg, "eval.seed", default=None)
@@ -142,7 +140,13 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg)
     model = build_model(run_cfg, datamodule)
     load_weights(model, checkpoint, state_dict)
-    model.to(pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model.to(device)
+    threads = cfg.threads or run_cfg.get("threads")
+    if threads:  # a number, or auto: by model size, as in training (vae_lab/threads.py)
+        torch.set_num_threads(
+            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=torch.device(device).type)
+        )
     datamodule.setup("test")
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
 

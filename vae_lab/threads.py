@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 
 import torch
 
+from vae_lab.devices import available_cores
 from vae_lab.errors import ConfigError
 
 #: Forward GFLOP per training step from which auto uses all cores (see choose_threads): above
 #: every model measured here, all of which trained faster on one thread.
 MANY_THREADS_FROM_GFLOP = 5.0
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask where the system has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def training_flops(model: torch.nn.Module, image_shape: tuple[int, ...], batch_size: int) -> int:
