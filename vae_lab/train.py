@@ -52,13 +52,13 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     validate_config(cfg)  # every key, type and range, before any work
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    for directory in (run_dir, run_dir / CHECKPOINT_DIR):
-        check_writable_directory(directory)
+    check_writable_directory(run_dir)
     started = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
+    check_writable_directory(run_dir / CHECKPOINT_DIR)  # made once data and model are sound, before training
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
