@@ -26,6 +26,7 @@ from vae_lab.evaluation import (
 from vae_lab.likelihoods import GaussianLikelihood
 from vae_lab.module import VAE
 from vae_lab.networks import MLPDecoder, MLPEncoder
+from vae_lab.networks.base import LOG_VARIANCE_BOUND
 from vae_lab.objectives import ELBO
 from vae_lab.priors import StandardNormalPrior
 
@@ -53,7 +54,9 @@ def linear_gaussian_vae(mean_error: float = 0.3, variance_factor: float = 1.6, w
         encoder.mean.weight.copy_(posterior_mean_map)
         encoder.mean.bias.copy_(-posterior_mean_map @ B + mean_error)
         encoder.log_variance.weight.zero_()
-        encoder.log_variance.bias.copy_(torch.log(variance_factor * posterior_covariance.diagonal()))
+        # The encoder bounds log sigma^2 = B tanh(raw / B) (vae_lab.networks.base): invert it exactly.
+        log_variance = torch.log(variance_factor * posterior_covariance.diagonal())
+        encoder.log_variance.bias.copy_(LOG_VARIANCE_BOUND * torch.atanh(log_variance / LOG_VARIANCE_BOUND))
     model = VAE(
         encoder=encoder,
         decoder=decoder,

@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from vae_lab.data_forms import DataForm
+from vae_lab.precision import at_least_float32
 
 
 class Likelihood(nn.Module, abc.ABC):
@@ -40,7 +41,7 @@ class Likelihood(nn.Module, abc.ABC):
     def forward(self, decoder_output: torch.Tensor) -> Distribution:
         """p(x|z) with event shape (C, H, W): ``log_prob`` sums over all pixels, in float32 even
         under mixed precision (in bfloat16, a log-likelihood of ~100 nats has steps of half a nat)."""
-        return Independent(self.pixel_distribution(decoder_output.float()), 3)
+        return Independent(self.pixel_distribution(at_least_float32(decoder_output)), 3)
 
     def split_parameters(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split ``[..., P*C, H, W]`` into P tensors of shape ``[..., C, H, W]``."""

@@ -7,6 +7,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from vae_lab.errors import ConfigError
+from vae_lab.precision import at_least_float32
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -56,6 +57,6 @@ class GaussianEncoder(nn.Module):
         """x: images on the [0, 1] scale, ``[B, C, H, W]``; returns q(z|x) with event shape (latent_dim,)."""
         h = self.features(x)
         # float32 even under mixed precision: log q(z|x) and the KL are sums over latent dimensions.
-        log_variance = LOG_VARIANCE_BOUND * torch.tanh(self.log_variance(h).float() / LOG_VARIANCE_BOUND)
+        log_variance = LOG_VARIANCE_BOUND * torch.tanh(at_least_float32(self.log_variance(h)) / LOG_VARIANCE_BOUND)
         scale = torch.exp(0.5 * log_variance)
-        return Independent(Normal(self.mean(h).float(), scale, validate_args=False), 1)
+        return Independent(Normal(at_least_float32(self.mean(h)), scale, validate_args=False), 1)
