@@ -112,9 +112,12 @@ class InMemoryBatches:
         return len(batch_starts(n, self.batch_size, self.drop_last))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator, so the epoch is read at the first batch, not when the iterator is made:
+        # Lightning makes a resumed run's first iterator before it counts the checkpoint's epoch as
+        # complete, and an epoch read then would replay the previous epoch's order.
         indices = self.shard_indices().to(self.images.device)
         batches = (
             self.images[indices[start : start + self.batch_size]]
             for start in batch_starts(len(indices), self.batch_size, self.drop_last)
         )
-        return serve(batches, self.transform, self.seed, self.epoch(), self.rank(), self.images.device)
+        yield from serve(batches, self.transform, self.seed, self.epoch(), self.rank(), self.images.device)

@@ -101,5 +101,6 @@ class DataLoaderBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator: the epoch is read at the first batch (see InMemoryBatches.__iter__).
         images = (batch[0] if isinstance(batch, (list, tuple)) else batch for batch in self.loader)
-        return serve(images, self.transform, self.seed, self.epoch(), self.rank(), self.device())
+        yield from serve(images, self.transform, self.seed, self.epoch(), self.rank(), self.device())
