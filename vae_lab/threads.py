@@ -40,14 +40,16 @@ def choose_threads(
     training step, else all of this process's share of the cores (``processes``: DDP ranks on this
     machine). On an accelerator (``device_type`` not cpu) auto keeps torch's default.
 
-    Measured with benchmarks/threads.py on this 2-core machine while other jobs shared it (medians
-    of 5 interleaved rounds, batch 100, benchmarks/results/threads.json), milliseconds per step on
-    1 thread against 2: the default 784-200-200-50 MLP on MNIST (0.085 GFLOP) 25 against 290; the
-    MLP on CIFAR-10-sized images (0.27 GFLOP) 49 against 1250; the conv model on MNIST (1.0 GFLOP)
-    176 against 1800 and on CIFAR-10 (1.4 GFLOP) 291 against 2600. Small matrix products gain
-    little from a second thread, and when the cores are busy each parallel region waits for a
-    descheduled thread: one thread was 10x faster for every model. Larger models (wide conv nets,
-    ResNet VAEs) are where a second core pays; re-measure on a quiet machine to move the threshold.
+    Measured with benchmarks/threads.py on this 2-core machine while other jobs shared it (load
+    average 6-14; medians of 5 interleaved rounds, batch 100, benchmarks/results/threads.json),
+    milliseconds per step on 1 thread against 2: the default 784-200-200-50 MLP on MNIST
+    (0.085 GFLOP) 19 against 1800; the MLP on CIFAR-10-sized images (0.27 GFLOP) 53 against 1500;
+    the conv model on MNIST (1.0 GFLOP) 141 against 750 and on CIFAR-10 (1.4 GFLOP) 235 against
+    1800 (an earlier run: 25/290, 49/1250, 176/1800, 291/2600). Small matrix products gain little
+    from a second thread, and when the cores are busy every parallel region waits for a
+    descheduled thread: one thread was 5-100x faster for every model. Larger models (wide conv
+    nets, ResNet VAEs) are where a second core pays; re-measure on a quiet machine to move the
+    threshold.
     A number of threads changes the order of floating-point sums, so results are reproducible for
     a fixed thread count; auto depends only on the model, never on the machine's load.
     """
