@@ -346,7 +346,8 @@ def evaluate_at_end_of_training(cfg: Mapping[str, Any], model: VAE, datamodule: 
     print(result.table())
     metrics = result.metrics()
     if wandb_logger is not None:
-        log_to_wandb(wandb_logger, metrics)
+        # Through the fail-safe logger: a wandb failure is recorded in the summary, never fatal.
+        wandb_logger.run_safely("evaluation logging", lambda: log_to_wandb(wandb_logger, metrics))
     return metrics
 
 
