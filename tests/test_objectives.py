@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from conftest import TINY, run_cli
+from vae_lab.networks.base import LOG_VARIANCE_BOUND
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.errors import ConfigError
 from vae_lab.likelihoods import BernoulliLikelihood
@@ -292,7 +293,9 @@ def independent_iwae_loss(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     eps of shape [k, B, Dz] from torch's normal generator (the same stream rsample uses)."""
     encoder = model.encoder
     features = encoder.features(x)
-    mean, log_variance = encoder.mean(features), encoder.log_variance(features)
+    # The encoder's documented bound: log sigma^2 = B tanh(raw / B) (vae_lab.networks.base).
+    mean = encoder.mean(features)
+    log_variance = LOG_VARIANCE_BOUND * torch.tanh(encoder.log_variance(features) / LOG_VARIANCE_BOUND)
     std = torch.exp(0.5 * log_variance)
     eps = torch.empty(k, *mean.shape).normal_()
     z = mean + std * eps
