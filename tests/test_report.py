@@ -1,8 +1,9 @@
 """The ablation report (issue 5), built from a real tiny Hydra multirun on real MNIST.
 
 One module-scoped sweep: 2 axes x 2 values x 2 seeds (objective.kl_weight=0.5,1.0 x
-data.batch_size=50,100 x seed=0,1) with the TINY overrides, plus one separate real run that fails
-(objective.kl_weight=-1.0 is refused when the objective is built) added to the report's list of run directories.
+data.batch_size=50,100 x seed=0,1) with the TINY overrides, plus one separate real one-job multirun that fails
+(objective.kl_weight=-1.0 is refused by the config check at start-up; the job records the failure in its
+summary.json and goes on to the next job) added to the report's list of run directories.
 The tests recompute every number of the table from the jobs' own summary.json files.
 """
 
@@ -36,6 +37,7 @@ SWEPT = ["objective.kl_weight=0.5,1.0", "data.batch_size=50,100", "seed=0,1"]
 LOGGER = ["logger=wandb", "logger.wandb.mode=offline", f"logger.wandb.group={GROUP}"]
 COMMON = [o for o in TINY if not o.startswith(("data.batch_size=", "logger="))] + LOGGER
 FAILING = ["objective.kl_weight=-1.0", "data.batch_size=50", "seed=0"]
+REFUSAL = "objective.kl_weight=-1.0: not allowed; must be >= 0"
 TABLE_METRICS = ("test/elbo", "test/nll_is", "test/bpd", "test/kl", "test/active_units", "epochs", "wall_time_seconds")
 PLOTS = (
     "metrics_vs_objective.kl_weight.png",
@@ -57,15 +59,17 @@ def clear_wandb_and_distributed_environment(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> SimpleNamespace:
     work = tmp_path_factory.mktemp("report")
-    sweep_dir, failed_dir = work / "sweep", work / "failed_run"
+    sweep_dir, failed_dir = work / "sweep", work / "failed_sweep" / "0"
     with pytest.MonkeyPatch.context() as monkeypatch:
         clear_wandb_and_distributed_environment(monkeypatch)
         monkeypatch.setenv("VAE_LAB_DATA", str(data_root))
         jobs_env = {"WANDB_MODE": "disabled"}
         multirun = run_cli("vae_lab.train", "-m", *SWEPT, *COMMON, f"hydra.sweep.dir={sweep_dir}", cwd=work, env=jobs_env)
         assert multirun.returncode == 0, multirun.stderr[-3000:]
-        failed = run_cli("vae_lab.train", *FAILING, *COMMON, f"hydra.run.dir={failed_dir}", cwd=work, env=jobs_env)
-        assert failed.returncode != 0 and "kl_weight=-1.0 must be >= 0" in failed.stderr, failed.stderr[-3000:]
+        failed = run_cli(
+            "vae_lab.train", "-m", *FAILING, *COMMON, f"hydra.sweep.dir={failed_dir.parent}", cwd=work, env=jobs_env
+        )
+        assert failed.returncode != 0 and REFUSAL in failed.stderr, failed.stderr[-3000:]
         report = run_cli("vae_lab.report", str(sweep_dir), str(failed_dir), "--output-dir", str(sweep_dir), cwd=work)
         assert report.returncode == 0, report.stderr[-3000:]
     job_dirs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name))
@@ -142,9 +146,10 @@ def test_table_matches_the_jobs_summaries(sweep: SimpleNamespace) -> None:
 
 
 def test_failed_job_has_its_row_and_is_listed(sweep: SimpleNamespace) -> None:
-    assert not (sweep.failed_dir / "summary.json").exists()
+    summary = json.loads((sweep.failed_dir / "summary.json").read_text())  # written by the job
+    assert summary["status"] == "failed" and REFUSAL in summary["error"] and summary["metrics"] == {}
     failure = json.loads((sweep.failed_dir / "failure.json").read_text())  # written by the Hydra callback
-    assert failure["status"] == "failed" and "objective.kl_weight=-1.0 must be >= 0" in failure["error"]
+    assert failure["status"] == "failed" and REFUSAL in failure["error"]
     row = row_for(sweep.rows, "-1.0", "50")
     assert row["n_seeds"] == "0" and row["seeds"] == "" and row["complete"] == "0"
     assert row["failed"] == "1" and row["unfinished"] == row["pending"] == "0"
@@ -153,7 +158,7 @@ def test_failed_job_has_its_row_and_is_listed(sweep: SimpleNamespace) -> None:
     assert [r["objective.kl_weight"] for r in sweep.rows] == ["-1.0", "0.5", "0.5", "1.0", "1.0"]
     assert re.search(r"^\| -1\.0 \| 50 \| - \(0\) \| - \|.*\| 0 complete, 1 failed \|$", sweep.markdown, re.M)
     assert "## Jobs not complete" in sweep.markdown
-    listed = r"^\| failed \| \.\./failed_run \| -1\.0 \| 50 \| 0 \| .*kl_weight=-1\.0 must be >= 0"
+    listed = r"^\| failed \| \.\./failed_sweep/0 \| -1\.0 \| 50 \| 0 \| .*kl_weight=-1\.0: not allowed; must be >= 0"
     assert re.search(listed, sweep.markdown, re.M)
     assert f"failed: {sweep.failed_dir}" in sweep.report_stdout
     assert "9 jobs (8 complete, 1 failed)" in sweep.markdown

@@ -161,7 +161,8 @@ def to_csv(report: Report) -> str:
 
 
 def markdown_table(header: list[str], cells: list[list[str]]) -> str:
-    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    """A Markdown table; each cell on one line (a multi-line error message is joined with spaces)."""
+    escape = lambda text: " ".join(str(text).split()).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape(c) for c in line) + " |" for line in cells]
     return "\n".join(lines)
