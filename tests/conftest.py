@@ -25,6 +25,11 @@ TINY = [
 ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every run the tests start (in process or as a subprocess) finds the data where the tests do."""
+    os.environ["VAE_LAB_DATA"] = str(DATA_ROOT)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
@@ -89,3 +94,16 @@ def tiny_default_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
+
+
+def logged_metrics(summary_metrics: dict) -> dict[str, float]:
+    """The scalars a run logs for its summary's metrics: a list-valued metric (``test/kl_per_dim``) is
+    logged as one zero-padded scalar per dimension (``test/kl_per_dim/00`` ...)."""
+    flat: dict[str, float] = {}
+    for key, value in summary_metrics.items():
+        if isinstance(value, list):
+            width = len(str(len(value) - 1))
+            flat.update({f"{key}/{j:0{width}d}": float(v) for j, v in enumerate(value)})
+        else:
+            flat[key] = float(value)
+    return flat
