@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, logged_metrics, run_cli
 from PIL import Image
 
 from vae_lab.data import MNISTDataModule
@@ -68,7 +68,8 @@ def test_metrics_csv(tiny_default_run) -> None:
         assert {f"{stage}/{name}" for name in METRIC_NAMES} <= columns
     # The last logged val/* and test/* (from the best checkpoint) are the summary's numbers.
     metrics = read_summary(run_dir)["metrics"]
-    for key, value in metrics.items():
+    assert len(metrics["test/kl_per_dim"]) == 50 and "test/nll_is" in metrics
+    for key, value in logged_metrics(metrics).items():
         logged = [float(row[key]) for row in rows if row.get(key)]
         assert logged[-1] == pytest.approx(value, rel=1e-6), key
     train_rows = [row for row in rows if row.get("train/elbo")]

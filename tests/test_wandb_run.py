@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, logged_metrics
 
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
 
@@ -41,10 +41,11 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(metrics)
     for key, value in metrics.items():
+        assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
+    for key, value in logged_metrics(metrics).items():
         logged = offline_run.values(key)
         assert logged, key
         assert logged[-1] == pytest.approx(value, rel=1e-6), key  # the last val/test logged = the summary's
-        assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
     with (run_dir / "metrics.csv").open() as handle:
         csv_rows = [row for row in csv.DictReader(handle) if row.get("train/elbo")]
     for name in ("elbo", "reconstruction", "kl", "bpd"):
@@ -53,12 +54,16 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
 
 
 def test_image_grids_are_in_the_run(offline_run) -> None:
+    """Two logged image entries: the grids (reconstructions, samples) and the latent pictures
+    (traversals, interpolations); they are every PNG of the run."""
     images = [row["images"] for row in offline_run.history if "images" in row]
-    assert len(images) == 1
-    entry = images[0]
-    assert entry["captions"] == ["reconstructions", "samples"] and entry["count"] == 2
-    assert entry["format"] == "png"
-    assert sorted(entry["filenames"]) == [f for f in offline_run.files if f.endswith(".png")]
-    for name in entry["filenames"]:
+    latent = [row["latent"] for row in offline_run.history if "latent" in row]
+    assert len(images) == 1 and len(latent) == 1
+    assert images[0]["captions"] == ["reconstructions", "samples"] and images[0]["count"] == 2
+    assert latent[0]["captions"][0].startswith("traversals") and latent[0]["count"] == 2
+    assert images[0]["format"] == latent[0]["format"] == "png"
+    filenames = images[0]["filenames"] + latent[0]["filenames"]
+    assert sorted(filenames) == [f for f in offline_run.files if f.endswith(".png")]
+    for name in filenames:
         png = offline_run.directory / "files" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -26,7 +26,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 
 from vae_lab.errors import ConfigError
-from vae_lab.module import VAE
+from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
 
 #: Burda et al. (2016, sec. 5.2): unit u is active when Cov_x(E_q(z|x)[z_u]) > 0.01.
@@ -332,10 +332,13 @@ class ProgressPrinter:
             self.printed = done
 
 
-def evaluate_at_end_of_training(cfg: Mapping[str, Any], model: VAE, datamodule: Any, wandb_logger: Any = None) -> dict[str, Any]:
+def evaluate_at_end_of_training(
+    cfg: Mapping[str, Any], model: VAE, datamodule: Any, loggers: Sequence[Any] = (), step: int = 0
+) -> dict[str, Any]:
     """The evaluation train.py runs on the best checkpoint after ``trainer.test`` (rank 0 only):
     settings from the config's ``eval`` block, ``eval.n_importance_samples=0`` skips it. Returns the
-    metrics for summary.json and logs them to wandb when a wandb logger is active."""
+    metrics for summary.json and logs them, at ``step``, to every Lightning logger of the run
+    (metrics.csv, wandb)."""
     config = dict(cfg.get("eval") or {})
     if not config.get("n_importance_samples", EvaluationSettings.n_importance_samples):
         return {}
@@ -345,20 +348,33 @@ def evaluate_at_end_of_training(cfg: Mapping[str, Any], model: VAE, datamodule: 
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
     print(result.table())
     metrics = result.metrics()
-    if wandb_logger is not None:
-        # Through the fail-safe logger: a wandb failure is recorded in the summary, never fatal.
-        wandb_logger.run_safely("evaluation logging", lambda: log_to_wandb(wandb_logger, metrics))
+    for logger in loggers:
+        log_metrics(logger, metrics, step)
     return metrics
 
 
-def log_to_wandb(wandb_logger: Any, metrics: Mapping[str, Any]) -> None:
-    """Log the scalars, and the KL per dimension as a bar chart; the summary gets every metric."""
-    import wandb
+def log_metrics(logger: Any, metrics: Mapping[str, Any], step: int) -> None:
+    """Log the evaluation's metrics to a Lightning logger: the scalars, and the KL per dimension as
+    ``test/kl_per_dim/00`` ... (the names validation uses). wandb also gets the KL per dimension as
+    a bar chart, and every metric, the list included, in its run summary; a wandb failure is
+    recorded by the fail-safe logger, never fatal."""
+    scalars: dict[str, float] = {name: value for name, value in metrics.items() if not isinstance(value, list)}
+    per_dim = metrics.get("test/kl_per_dim")
+    if per_dim is not None:
+        scalars.update(zip(kl_per_dim_names("test", len(per_dim)), per_dim))
+    if not hasattr(logger, "run_safely"):  # CSV and other file loggers
+        logger.log_metrics(scalars, step=step)
+        logger.save()
+        return
 
-    experiment = wandb_logger.experiment
-    logged: dict[str, Any] = {name: value for name, value in metrics.items() if not isinstance(value, list)}
-    if "test/kl_per_dim" in metrics:
-        table = wandb.Table(columns=["dimension", "kl"], data=[[j, v] for j, v in enumerate(metrics["test/kl_per_dim"])])
-        logged["test/kl_per_dim_chart"] = wandb.plot.bar(table, "dimension", "kl", title="KL per latent dimension (nats)")
-    experiment.log(logged)
-    experiment.summary.update(dict(metrics))
+    def log_to_wandb() -> None:
+        import wandb
+
+        logged: dict[str, Any] = dict(scalars)
+        if per_dim is not None:
+            table = wandb.Table(columns=["dimension", "kl"], data=[[j, v] for j, v in enumerate(per_dim)])
+            logged["test/kl_per_dim_chart"] = wandb.plot.bar(table, "dimension", "kl", title="KL per latent dimension (nats)")
+        logger.experiment.log(logged)
+        logger.experiment.summary.update(dict(metrics))
+
+    logger.run_safely("evaluation logging", log_to_wandb)

@@ -20,6 +20,13 @@ from vae_lab.priors import Prior
 METRICS = ("elbo", "reconstruction", "kl", "bpd")
 
 
+def kl_per_dim_names(stage: str, n_dims: int) -> list[str]:
+    """The logged names of the KL of each latent dimension: ``<stage>/kl_per_dim/00`` ... (zero-padded,
+    so that loggers and dashboards sort them in dimension order)."""
+    width = len(str(n_dims - 1))
+    return [f"{stage}/kl_per_dim/{dim:0{width}d}" for dim in range(n_dims)]
+
+
 class VAE(L.LightningModule):
     """Variational autoencoder (Kingma & Welling 2014) trained on a chosen objective.
 
@@ -158,9 +165,9 @@ class VAE(L.LightningModule):
         if terms.kl_per_dim is not None:
             # The KL of each latent dimension (nats), averaged over the validation images: shows which
             # dimensions the model uses (free bits, warm-up and capacity move these).
-            width = len(str(terms.kl_per_dim.shape[-1] - 1))
-            for dim, value in enumerate(terms.kl_per_dim.mean(0)):
-                self.log(f"val/kl_per_dim/{dim:0{width}d}", value, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+            names = kl_per_dim_names("val", terms.kl_per_dim.shape[-1])
+            for name, value in zip(names, terms.kl_per_dim.mean(0)):
+                self.log(name, value, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
 
     def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
         self.log_terms("test", self.elbo_terms(x, n_samples=1))

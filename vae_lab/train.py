@@ -135,7 +135,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
         # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
-        metrics.update(evaluate_at_end_of_training(cfg, model, datamodule, wandb_logger))
+        metrics.update(evaluate_at_end_of_training(cfg, model, datamodule, trainer.loggers, trainer.global_step))
         test_images = datamodule.example_images("test", 32).to(model.device)
         images = {
             "reconstructions": reconstruction_grid(
