@@ -16,6 +16,7 @@ from vae_lab.errors import ConfigError
 from vae_lab.likelihoods import Likelihood
 from vae_lab.objectives import ELBOTerms, Objective
 from vae_lab.priors import Prior
+from vae_lab.seeds import epoch_seed
 
 METRICS = ("elbo", "reconstruction", "kl", "bpd")
 
@@ -150,7 +151,7 @@ class VAE(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # The epoch's noise (reparameterization) is a function of (seed, epoch, rank) only, so a run
         # resumed from an epoch-end checkpoint draws exactly what the uninterrupted run drew.
-        torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank)
+        torch.manual_seed(epoch_seed(self.seed, self.current_epoch, self.global_rank))
         self.train_means.reset()
         for name, value in self.objective.logged_values(self.global_step, self.current_epoch).items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)

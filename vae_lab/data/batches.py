@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from vae_lab.seeds import epoch_seed
+
 #: Turns a uint8 batch into the served form, drawing randomness from the generator.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -30,7 +32,7 @@ def epoch_generator(seed: int, epoch: int, rank: int = 0, device: torch.device |
     """The random stream of one epoch on one rank: a function of (seed, epoch, rank) only, so that
     a run resumed at an epoch boundary draws exactly what the uninterrupted run drew."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) % (2**63))
+    generator.manual_seed(epoch_seed(seed, epoch, rank))
     return generator
 
 
