@@ -268,7 +268,7 @@ def test_evaluate_command_refuses_a_truncated_checkpoint(trained_run: Path, tmp_
     summary_before = (trained_run / "summary.json").read_text()
     result = run_cli("vae_lab.evaluate", f"run_dir={trained_run}", f"checkpoint={truncated}", cwd=tmp_path)
     assert result.returncode == 2
-    assert "truncated or not a checkpoint" in result.stderr and str(truncated) in result.stderr
+    assert "cannot be read: the file is truncated or corrupt" in result.stderr and str(truncated) in result.stderr
     assert "Traceback" not in result.stderr
     assert (trained_run / "summary.json").read_text() == summary_before
 
@@ -281,7 +281,7 @@ def test_foreign_and_missing_checkpoints_are_refused(trained_run: Path, tmp_path
         load_weights(model, tmp_path / "checkpoints" / "best.ckpt")
     not_lightning = tmp_path / "weights.pt"
     torch.save(model.state_dict(), not_lightning)
-    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+    with pytest.raises(CheckpointError, match="is not a Lightning checkpoint: it lacks state_dict"):
         load_weights(model, not_lightning)
     run_copy = tmp_path / "copy"
     shutil.copytree(trained_run / ".hydra", run_copy / ".hydra")

@@ -62,8 +62,8 @@ def read_summary(path: Path) -> dict[str, Any]:
 
 def read_state_dict(checkpoint: Path) -> dict[str, Any]:
     """The model parameters in a Lightning checkpoint; CheckpointError when the file is missing,
-    truncated or not a Lightning checkpoint."""
-    import torch
+    truncated, not a Lightning checkpoint or holds non-finite weights (vae_lab.checkpoints)."""
+    from vae_lab.checkpoints import check_checkpoint
 
     if not checkpoint.is_file():
         listing = sorted(p.name for p in checkpoint.parent.glob("*.ckpt")) if checkpoint.parent.is_dir() else []
@@ -71,18 +71,7 @@ def read_state_dict(checkpoint: Path) -> dict[str, Any]:
             f"no checkpoint at {checkpoint}"
             + (f" (that folder holds: {', '.join(listing)}); pass checkpoint=<one of them>." if listing else ".")
         )
-    try:
-        content = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(
-            f"{checkpoint} cannot be read as a PyTorch checkpoint; it is truncated or not a checkpoint "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty file'}). "
-            "Evaluate another checkpoint of the run (checkpoint=<run dir>/checkpoints/last.ckpt) or retrain."
-        ) from error
-    if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
-        raise CheckpointError(
-            f"{checkpoint} is not a Lightning checkpoint of a vae_lab model (no 'state_dict' in it)."
-        )
+    content = check_checkpoint(checkpoint)
     # A model compiled with torch.compile saves its parameters under `_orig_mod.`.
     return {key.replace("_orig_mod.", ""): value for key, value in content["state_dict"].items()}
 
