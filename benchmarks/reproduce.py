@@ -4,8 +4,10 @@ against the paper's number.
     python benchmarks/reproduce.py [--experiments iwae_vae_k1 iwae_k5 ...] [--out outputs/reproduce]
 
 Each experiment runs as `python -m vae_lab.train experiment=<name> schedule=short`; the table
-(printed, and saved as benchmarks/results/reproduce.json and .md) holds the paper's test NLL, ours
-(importance-sampled, k = 5000, on the 10k test set), the test ELBO, active units, epochs and wall time.
+(printed, and saved as benchmarks/results/reproduce.json and .md, merged with the rows of earlier
+invocations) holds the paper's test NLL, ours (importance-sampled with the run's eval settings: k = 5000
+on the 10k test set by default; pass e.g. eval.n_importance_samples=1000 as an extra override), the test
+ELBO, active units, epochs and wall time.
 The data root is VAE_LAB_DATA, or ../shared/data beside the repository.
 """
 
@@ -56,6 +58,8 @@ def run(name: str, out: Path, data_root: Path, extra: list[str]) -> dict:
         "paper": paper,
         "paper_nll": paper_nll,
         "nll_is": metrics.get("test/nll_is"),
+        "n_importance_samples": summary["config"]["eval"]["n_importance_samples"],
+        "n_test_images": summary["config"]["eval"].get("n_test_images") or 10_000,
         "test_elbo": metrics.get("test/elbo"),
         "active_units": metrics.get("test/active_units"),
         "epochs": summary["epochs"],
@@ -68,21 +72,32 @@ def run(name: str, out: Path, data_root: Path, extra: list[str]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| experiment | paper | paper NLL | ours, short schedule (NLL, k=5000) | ours, test ELBO | active units | epochs | wall time |",
+        "| experiment | paper | paper NLL | ours, short schedule: test NLL (IS) | ours, test ELBO | active units | epochs | wall time |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["status"] != "complete":
             lines.append(f"| {row['experiment']} | failed | | | | | | |")
             continue
-        def fmt(value, digits=2):
+
+        def fmt(value: float | None, digits: int = 2) -> str:
             return "-" if value is None else f"{value:.{digits}f}"
+
+        estimate = f"{fmt(row['nll_is'])} (k = {row['n_importance_samples']}, {row['n_test_images']:,} images)"
         lines.append(
-            f"| {row['experiment']} | {row['paper']} | {fmt(row['paper_nll'])} | {fmt(row['nll_is'])} | "
-            f"{fmt(-row['test_elbo'] if row['test_elbo'] is not None else None)} | {row['active_units'] if row['active_units'] is not None else '-'} | "
+            f"| {row['experiment']} | {row['paper']} | {fmt(row['paper_nll'])} | {estimate} | "
+            f"{fmt(-row['test_elbo'] if row['test_elbo'] is not None else None)} | "
+            f"{row['active_units'] if row['active_units'] is not None else '-'} | "
             f"{row['epochs']} | {row['wall_time_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines)
+
+
+def merged(previous: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of earlier invocations with this one's replacing those of the same experiment, in
+    the order of PAPER: experiments can be run one invocation at a time (or on several machines)."""
+    by_name = {row["experiment"]: row for row in [*previous, *new]}
+    return [by_name[name] for name in [*PAPER, *sorted(set(by_name) - set(PAPER))] if name in by_name]
 
 
 def main() -> None:
@@ -92,12 +107,14 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     data_root = Path(os.environ.get("VAE_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
-    rows = [run(name, args.out, data_root, args.extra) for name in args.experiments]
+    results = RESULTS / "reproduce.json"
+    previous = json.loads(results.read_text())["rows"] if results.is_file() else []
+    rows = merged(previous, [run(name, args.out, data_root, args.extra) for name in args.experiments])
     table = markdown(rows)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-    (RESULTS / "reproduce.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    results.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     (RESULTS / "reproduce.md").write_text(f"Machine: {machine}\n\n{table}\n")
 
 
