@@ -27,7 +27,7 @@ class MixtureOfGaussiansPrior(Prior):
         self,
         latent_dim: int,
         n_components: int = 10,
-        init_spread: float = 1.0,
+        init_spread: float = 0.1,
         learn_weights: bool = True,
         **context: Any,
     ) -> None:
