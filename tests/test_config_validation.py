@@ -46,6 +46,7 @@ INVALID = [
     (["prior._target_=vae_lab.priors.NoSuchPrior"], "prior._target_", "vae_lab.priors.NoSuchPrior", "cannot be imported"),
     # model
     (["model.latent_dim=0"], "model.latent_dim", "0", ">= 1"),
+    (["model.initialize_output_bias=maybe"], "model.initialize_output_bias", "maybe", "one of True, False, auto"),
     (["model.latent_dim=1.5"], "model.latent_dim", "1.5", "expected int"),
     (["model.encoder.activation=swish"], "model.encoder.activation", "swish", "one of tanh, relu"),
     (["model.encoder.hidden_sizes=[200,0]"], "model.encoder.hidden_sizes", "[200, 0]", "each item >= 1"),

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from vae_lab.data import ImageDataModule
 from vae_lab.errors import VaeLabError
-from vae_lab.initialization import initialize_output_bias_from_data
+from vae_lab.initialization import initialize_output_bias
 from vae_lab.likelihoods import Likelihood
 from vae_lab.module import VAE
 
@@ -58,8 +58,7 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
         latent_dim=latent_dim,
         out_channels=likelihood.parameters_per_channel * image_shape[0],
     )
-    if cfg.model.get("initialize_output_bias"):
-        initialize_output_bias_from_data(decoder, likelihood, datamodule)
+    initialize_output_bias(cfg.model.get("initialize_output_bias", "auto"), decoder, likelihood, datamodule)
     prior = instantiate(cfg.prior, latent_dim=latent_dim, encoder=encoder, datamodule=datamodule)
     return VAE(
         encoder=encoder,

@@ -135,6 +135,7 @@ RULES: dict[str, Rule] = {
     "schedule": one_of(("full", "short")),
     "early_stopping.patience": at_least(1),
     "eval.n_importance_samples": at_least(0),
+    "model.initialize_output_bias": one_of((True, False, "auto")),
     # data
     "data.batch_size": at_least(1),
     "data.eval_batch_size": at_least(1),
@@ -243,7 +244,7 @@ class ModelSettings:
     latent_dim: int
     encoder: Target
     decoder: Target
-    initialize_output_bias: bool = False
+    initialize_output_bias: bool | str = "auto"
 
 
 @dataclass
