@@ -292,3 +292,30 @@ def test_cli_trains_a_vamp_prior_with_kl_warmup(data_root: Path, tmp_path: Path)
     with open(run_dir / "metrics.csv") as handle:
         weights = [float(row["train/kl_weight"]) for row in csv.DictReader(handle) if row.get("train/kl_weight")]
     assert weights == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("make", ["mog", "vamp"])
+def test_mixture_log_prob_is_torch_distributions_mixture(make: str) -> None:
+    """The matrix-product log density of the mixture priors equals torch's MixtureSameFamily, in value
+    and gradient, on a 50-d latent where the components are sharp and far from the origin."""
+    torch.manual_seed(0)
+    if make == "mog":
+        prior: Prior = perturbed(MixtureOfGaussiansPrior(50, n_components=10, init_spread=3.0), seed=2, size=0.5)
+    else:
+        encoder = MLPEncoder((1, 28, 28), 50)
+        prior = VampPrior(50, encoder, n_pseudo_inputs=30, init="random", random_mean=0.3, random_std=0.3, image_shape=(1, 28, 28))
+        with torch.no_grad():
+            encoder.log_variance.bias.fill_(-6.0)  # posterior sigmas about 0.05: sharp components
+            encoder.mean.bias.uniform_(-4.0, 4.0)
+    z = prior.sample(64) + 0.1 * torch.randn(64, 50)
+    z = torch.cat([z, 3.0 * torch.randn(16, 50)]).requires_grad_(True)  # near components and far from all
+    fast = prior.log_prob(z)
+    reference = prior.mixture().log_prob(z)
+    assert fast.shape == (80,)
+    assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-3), (fast - reference).abs().max()
+    parameters = [z, *prior.parameters()]
+    fast_gradients = torch.autograd.grad(fast.sum(), parameters, allow_unused=True)
+    reference_gradients = torch.autograd.grad(reference.sum(), parameters, allow_unused=True)
+    for fast_gradient, reference_gradient in zip(fast_gradients, reference_gradients):
+        if reference_gradient is not None:
+            assert torch.allclose(fast_gradient, reference_gradient, rtol=1e-4, atol=1e-3)

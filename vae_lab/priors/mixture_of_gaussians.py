@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from vae_lab.errors import ConfigError
-from vae_lab.priors.base import Prior
+from vae_lab.priors.base import Prior, diagonal_gaussian_mixture_log_prob
 
 
 class MixtureOfGaussiansPrior(Prior):
@@ -49,7 +49,8 @@ class MixtureOfGaussiansPrior(Prior):
         return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components, validate_args=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return self.mixture().log_prob(z)
+        log_weights = torch.log_softmax(self.logits, dim=-1)
+        return diagonal_gaussian_mixture_log_prob(z, self.means, self.log_scales.exp(), log_weights)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

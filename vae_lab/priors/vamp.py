@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily
 
 from vae_lab.errors import ConfigError
-from vae_lab.priors.base import Prior
+from vae_lab.priors.base import Prior, diagonal_gaussian_mixture_log_prob
 
 PSEUDO_INPUT_INITS = ("data", "random")
 
@@ -88,7 +89,9 @@ class VampPrior(Prior):
         return MixtureSameFamily(uniform, components, validate_args=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return self.mixture().log_prob(z)
+        posteriors = self.encoder(self.pseudo_inputs()).base_dist  # q(z | u_k): [K, latent_dim]
+        log_weights = torch.full((self.n_pseudo_inputs,), -math.log(self.n_pseudo_inputs), device=z.device)
+        return diagonal_gaussian_mixture_log_prob(z, posteriors.loc, posteriors.scale, log_weights)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
