@@ -107,9 +107,10 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     data_root = Path(os.environ.get("VAE_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
-    results = RESULTS / "reproduce.json"
+    new_rows = [run(name, args.out, data_root, args.extra) for name in args.experiments]
+    results = RESULTS / "reproduce.json"  # read after the runs: another invocation may have written meanwhile
     previous = json.loads(results.read_text())["rows"] if results.is_file() else []
-    rows = merged(previous, [run(name, args.out, data_root, args.extra) for name in args.experiments])
+    rows = merged(previous, new_rows)
     table = markdown(rows)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
