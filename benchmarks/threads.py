@@ -33,7 +33,8 @@ def build(overrides: list[str], image_shape: tuple[int, int, int]):
     from vae_lab.build import build_model
 
     with initialize_config_module("vae_lab.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "logger=none"])
+        # No data here, so no data-dependent output-bias initialisation (it changes no step time).
+        cfg = compose("config", overrides=[*overrides, "logger=none", "model.initialize_output_bias=false"])
     torch.manual_seed(0)
     model = build_model(cfg, SimpleNamespace(image_shape=image_shape))
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -33,8 +33,10 @@ def top_level(modules: set[str]) -> set[str]:
 
 
 def model_for(overrides: list[str], image_shape: tuple[int, int, int]):
+    """The model of a config for an image shape, without data (so without the data-dependent
+    output-bias initialisation, which changes no shape and no FLOP count)."""
     with initialize_config_module("vae_lab.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "logger=csv"])
+        cfg = compose("config", overrides=[*overrides, "logger=csv", "model.initialize_output_bias=false"])
     return build_model(cfg, SimpleNamespace(image_shape=image_shape))
 
 
