@@ -57,14 +57,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built from a copy of the source tree, so no build/ folder is left in (or reused from) the repo."""
     out = tmp_path_factory.mktemp("wheel")
     source = out / "source"
-    leftovers = shutil.ignore_patterns(
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", "outputs", "multirun", "wandb", "lightning_logs"
-    )
-
-    def ignore(directory: str, names: list[str]) -> set[str]:  # sweeps/wandb/ (also seen as conf/sweep/wandb/) is source
-        return leftovers(directory, names) - ({"wandb"} if Path(directory).name in ("sweeps", "sweep") else set())
-
-    shutil.copytree(REPO, source, ignore=ignore)
+    ))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True, capture_output=True, timeout=300,

@@ -118,10 +118,10 @@ def test_sweep_composes_every_job(name: str) -> None:
         pytest.skip(f"no job of {name} composes in this checkout yet; missing: {sorted(missing)}")
 
 
-@pytest.mark.parametrize("name", sorted(path.stem for path in (SWEEPS / "wandb").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(path.stem for path in (SWEEPS / "wandb_sweep").glob("*.yaml")))
 def test_wandb_sweep_is_the_hydra_sweep(name: str) -> None:
-    """sweeps/wandb/<name>.yaml has the grid of sweeps/<name>.yaml, as the values the agent writes."""
-    sweep = yaml.safe_load((SWEEPS / "wandb" / f"{name}.yaml").read_text())
+    """sweeps/wandb_sweep/<name>.yaml has the grid of sweeps/<name>.yaml, as the values the agent writes."""
+    sweep = yaml.safe_load((SWEEPS / "wandb_sweep" / f"{name}.yaml").read_text())
     assert sweep["method"] == "grid" and sweep["name"] == name
     wandb_grid = {key: ",".join(str(value) for value in spec["values"]) for key, spec in sweep["parameters"].items()}
     assert wandb_grid == sweep_file(name)["hydra"]["sweeper"]["params"]
@@ -146,7 +146,7 @@ def agent_command(sweep: dict, values: dict) -> list[str]:
 
 
 def test_wandb_agent_command_runs_the_hydra_entry_point(data_root: Path, tmp_path: Path) -> None:
-    sweep = yaml.safe_load((SWEEPS / "wandb" / "seeds.yaml").read_text())
+    sweep = yaml.safe_load((SWEEPS / "wandb_sweep" / "seeds.yaml").read_text())
     command = agent_command(sweep, {"seed": sweep["parameters"]["seed"]["values"][1]})
     assert command[:4] == ["/usr/bin/env", "python", "-m", "vae_lab.train"] and "seed=1" in command
     command[1] = sys.executable
