@@ -135,6 +135,24 @@ def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(t
     assert not list((run_dir / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
+def test_gradient_check_sees_one_bad_entry_behind_a_finite_loss(bad_value: float) -> None:
+    """The guard's verdict on the gradients is the sum of all their entries: one NaN or infinity
+    anywhere makes it non-finite, huge but finite gradients do not."""
+    from vae_lab.finite_guard import gradient_sum
+
+    parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(200, 784), (200,), (784, 200)]]
+    for parameter in parameters:
+        parameter.grad = torch.full_like(parameter, 1e30)  # huge, but finite: their sum is 3e35
+    parameters[1].grad[0] = -1e30
+    assert torch.isfinite(gradient_sum(parameters))
+    parameters[2].grad[123, 45] = bad_value
+    assert not torch.isfinite(gradient_sum(parameters))
+    assert not torch.isfinite(gradient_sum(parameters[2:]))
+    parameters[2].grad = None  # parameters without a gradient are skipped
+    assert torch.isfinite(gradient_sum(parameters[1:]))
+
+
 def test_encoder_log_variance_is_bounded_by_construction() -> None:
     from vae_lab.networks import MLPEncoder
     from vae_lab.networks.base import LOG_VARIANCE_BOUND
