@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,18 @@ def logged_metrics(summary_metrics: dict) -> dict[str, float]:
         else:
             flat[key] = float(value)
     return flat
+
+
+def quiet_trainer(**options: Any) -> Any:
+    """A CPU ``lightning.Trainer`` that writes nothing (no logger, checkpoint, progress bar or
+    model summary); ``options`` are any other Trainer arguments (max_epochs, limit_*_batches, ...)."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )

@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import quiet_trainer
 from vae_lab.data import MNISTDataModule
 from vae_lab.data.base import binarize, dequantize
 from vae_lab.data.batches import InMemoryBatches, shard_indices
@@ -55,15 +56,7 @@ def serve_epochs(data_root, data_form: DataForm, binarization: str, loader: str,
         num_workers=num_workers,
     )
     recorder = RecordBatches()
-    trainer = L.Trainer(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=EPOCHS, limit_val_batches=0)
     trainer.fit(recorder, datamodule=datamodule)
     return datamodule, [torch.cat(batches) for batches in recorder.served]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, quiet_trainer, run_cli
 from hydra import compose, initialize_config_module
 
 from vae_lab.build import build_datamodule, build_model
@@ -403,15 +403,7 @@ def fit_one_epoch(cfg, data_form: DataForm) -> dict[str, float]:
     datamodule.setup()
     check_served_form(datamodule, data_form)
     model = build_model(cfg, datamodule)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_test_batches=5,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_test_batches=5)
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     assert trainer.global_step > 0

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from conftest import TINY, run_cli
+from conftest import TINY, quiet_trainer, run_cli
 from vae_lab.networks.base import LOG_VARIANCE_BOUND
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.errors import ConfigError
@@ -277,10 +277,7 @@ def test_bound_increases_with_k_on_a_briefly_trained_model(data_root: Path, tmp_
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer = L.Trainer(
-        max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=3, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     assert math.isfinite(trainer.callback_metrics["val/elbo"].item())
     bounds = assert_bound_increases_with_k(model.eval(), datamodule.example_images("test", 50))
@@ -339,10 +336,7 @@ def test_iwae_training_step_uses_k_samples_and_logs_the_bound(data_root: Path, t
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     assert model.objective.n_samples == 3
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.callback_metrics
     assert metrics["train/k"].item() == 3.0

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from conftest import TINY, run_cli
+from conftest import TINY, quiet_trainer, run_cli
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.data import MNISTDataModule
 from vae_lab.errors import ConfigError
@@ -250,14 +250,7 @@ def test_every_likelihood_and_prior_train_one_epoch_on_mnist(
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 500 // 50
     metrics = trainer.callback_metrics
