@@ -41,7 +41,9 @@ def plain_test_images(data_root: Path, n_images: int):
 
     raw = (data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
     images = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=16).copy()).reshape(-1, 1, 28, 28)
-    binary = torch.bernoulli(images.float() / 255.0, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    # vae_lab.data.base.binarize: [u < grey / 255] with u ~ U[0, 1) from the seeded generator.
+    uniform = torch.rand(images.shape, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    binary = (uniform < images.float() / 255.0).float()
     return binary[:n_images].reshape(n_images, 784)
 
 
