@@ -63,7 +63,9 @@ def plain_evaluation(state_dict, images, k: int, images_per_batch: int, samples_
             h = torch.tanh(F.linear(x, w["encoder.features.1.0.weight"], w["encoder.features.1.0.bias"]))
             h = torch.tanh(F.linear(h, w["encoder.features.1.2.weight"], w["encoder.features.1.2.bias"]))
             mean = F.linear(h, w["encoder.mean.weight"], w["encoder.mean.bias"])
-            log_variance = F.linear(h, w["encoder.log_variance.weight"], w["encoder.log_variance.bias"])
+            raw_log_variance = F.linear(h, w["encoder.log_variance.weight"], w["encoder.log_variance.bias"])
+            # vae_lab.networks.base.GaussianEncoder: log sigma^2 = B tanh(raw / B), B = 20.
+            log_variance = 20.0 * torch.tanh(raw_log_variance / 20.0)
             std = torch.exp(0.5 * log_variance)
             latent_dim = mean.shape[-1]
             log_weights = torch.empty(k, x.shape[0])
