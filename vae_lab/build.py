@@ -38,12 +38,14 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """The data module, serving the form of pixels the chosen likelihood models.
 
     The likelihood's class declares the form, so an impossible pair (a Bernoulli likelihood on grey
-    pixels) is refused here, before anything is loaded.
+    pixels) is refused here, before anything is loaded; then the files are fetched and verified.
     """
     from hydra.utils import get_class
 
     data_form = get_class(cfg.likelihood._target_).data_form
-    return instantiate(cfg.data, data_form=data_form)
+    datamodule = instantiate(cfg.data, data_form=data_form)
+    datamodule.prepare_data()  # fetched (data.download=true) and verified before anything reads or trains
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:

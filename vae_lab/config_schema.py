@@ -144,6 +144,9 @@ RULES: dict[str, Rule] = {
     "data.split_seed": at_least(0),
     "data.seed": at_least(0),
     "data.binarization": _lazy(lambda: _choices("vae_lab.data.base", "BINARIZATIONS")),
+    "data.mirror": Rule(
+        "a base URL, http://... or https://...", lambda url: str(url).startswith(("http://", "https://"))
+    ),
     # likelihood: scales are standard deviations (Gaussian) or scales (Laplace), > 0
     "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
     "likelihood.scale": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
