@@ -125,6 +125,28 @@ def test_download_with_the_gz_files_present_extracts_them_before_the_first_read(
     assert model.decoder.output.bias.abs().sum() > 0
 
 
+def test_a_damaged_archive_is_fetched_again_and_present_files_are_left_alone(data_root: Path, tmp_path: Path) -> None:
+    """Only the missing file is fetched; its .gz in the raw folder has the wrong md5, so it comes from
+    the mirror and replaces the damaged one. A complete read-only root (the shared data) is not
+    written to at all, not even a lock file."""
+    mirror, raw = tmp_path / "mirror", tmp_path / "root" / "MNIST" / "raw"
+    mirror.mkdir()
+    raw.mkdir(parents=True)
+    (mirror / "t10k-labels-idx1-ubyte.gz").symlink_to(data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz")
+    for name in RAW_FILES[:3]:
+        (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b damaged")
+    with serving(mirror) as (url, requested):
+        MNISTDataModule(root=str(raw.parents[1]), data_form="binary", download=True, mirror=url).prepare_data()
+    assert {path for path, status in requested} == {"/t10k-labels-idx1-ubyte.gz"}
+    assert md5(raw / "t10k-labels-idx1-ubyte") == OFFICIAL_MD5["t10k-labels-idx1-ubyte"]
+    assert md5(raw / "t10k-labels-idx1-ubyte.gz") == "ec29112dd5afa0611ce80d1b7f02629c"
+    assert all((raw / name).is_symlink() for name in RAW_FILES[:3])
+    before = sorted(path.name for path in data_root.rglob("*"))
+    MNISTDataModule(root=str(data_root), data_form="binary", download=True).prepare_data()
+    assert sorted(path.name for path in data_root.rglob("*")) == before
+
+
 def test_no_network_is_one_clear_error_and_nothing_is_written(tmp_path: Path) -> None:
     root, run_dir = tmp_path / "empty", tmp_path / "run"
     root.mkdir()
