@@ -100,13 +100,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def check_checkpoint(
-    path: str | os.PathLike, model: torch.nn.Module | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    model: torch.nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+    config: Mapping[str, Any] | None = None,
+    config_source: str = "this run's config",
 ) -> dict[str, Any]:
-    """Load a checkpoint and check that it is a whole, finite Lightning checkpoint; with ``model``,
-    also that it is a checkpoint of this model (the same parameter names and shapes).
+    """Load a checkpoint and check that it is a whole, finite Lightning checkpoint whose content
+    digest matches (vae_lab.checkpoint_integrity); with ``model``, also that it is a checkpoint of
+    this model (the same parameter names and shapes); with ``config`` (resolved, from
+    ``config_source``), that it was written with the same model- and data-defining settings.
 
     Returns the checkpoint dict; raises :class:`CheckpointError` naming the file and the problem.
     """
+    from vae_lab.checkpoint_integrity import verify_checkpoint
+
     checkpoint = load_checkpoint(path, map_location)
     missing = [key for key in LIGHTNING_KEYS if key not in checkpoint]
     if missing or not isinstance(checkpoint.get("state_dict"), Mapping):
@@ -114,6 +122,7 @@ def check_checkpoint(
             f"checkpoint {path} is not a Lightning checkpoint: it lacks {', '.join(missing) or 'a state_dict'} "
             f"(it has {', '.join(map(str, list(checkpoint)[:8])) or 'nothing'}). Use a checkpoint written by vae_lab."
         )
+    verify_checkpoint(path, checkpoint, config, config_source)
     bad = list(non_finite_tensors(checkpoint["state_dict"]))
     if bad:
         raise CheckpointError(
