@@ -1,4 +1,4 @@
-"""Reading checkpoints safely: a truncated, foreign or non-finite file is refused with a clear error.
+"""Reading checkpoints safely: a truncated, foreign, non-finite or altered file (vae_lab.checkpoint_integrity) is refused.
 
 Every place that loads a checkpoint (resume, the best checkpoint before validation and test,
 ``python -m vae_lab.evaluate``) goes through :func:`check_checkpoint`, so that a bad file stops
@@ -122,13 +122,13 @@ def check_checkpoint(
             f"checkpoint {path} is not a Lightning checkpoint: it lacks {', '.join(missing) or 'a state_dict'} "
             f"(it has {', '.join(map(str, list(checkpoint)[:8])) or 'nothing'}). Use a checkpoint written by vae_lab."
         )
-    verify_checkpoint(path, checkpoint, config, config_source)
     bad = list(non_finite_tensors(checkpoint["state_dict"]))
     if bad:
         raise CheckpointError(
             f"checkpoint {path} holds non-finite weights ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); "
             "it cannot be used. Use an earlier checkpoint."
         )
+    verify_checkpoint(path, checkpoint, config, config_source)
     if model is not None:
         mismatch = state_dict_mismatch(checkpoint["state_dict"], model.state_dict())
         if mismatch:
