@@ -1,4 +1,4 @@
-"""Reading checkpoints safely: a truncated, foreign, non-finite or altered file (vae_lab.checkpoint_integrity) is refused.
+"""Reading checkpoints safely: a truncated, foreign, non-finite or altered file is refused.
 
 Every place that loads a checkpoint (resume, the best checkpoint before validation and test,
 ``python -m vae_lab.evaluate``) goes through :func:`check_checkpoint`, so that a bad file stops
