@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 from omegaconf import OmegaConf
 
 import vae_lab
-from conftest import TINY, run_cli
 from vae_lab.checkpoint_integrity import MAY_DIFFER, RECORD_KEY, content_digests, verify_digests
 from vae_lab.checkpoint_io import AtomicCheckpointIO
 from vae_lab.checkpoints import check_checkpoint, load_checkpoint
@@ -89,7 +89,7 @@ def first_moment_of(checkpoint: dict) -> torch.Tensor:
 def test_checkpoints_and_summary_carry_config_digests_and_provenance(finished_run: Path, tmp_path: Path) -> None:
     summary = json.loads((finished_run / "summary.json").read_text())
     package = Path(vae_lab.__file__).parent
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True, check=False)
     expected = {
         "vae_lab_version": vae_lab.__version__,
         "git_commit": git.stdout.strip() if git.returncode == 0 else None,
@@ -186,8 +186,10 @@ def test_evaluate_refuses_a_run_config_rewritten_to_another_likelihood(finished_
     listing = result.stderr.split("):\n", 1)[1].split("\nNothing was loaded.")[0].splitlines()
     assert listing == [
         "  - data.seed: 0 -> 3",
-        "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
-        "vae_lab.likelihoods.ContinuousBernoulliLikelihood",
+        (
+            "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
+            "vae_lab.likelihoods.ContinuousBernoulliLikelihood"
+        ),
         "  - seed: 0 -> 3",
     ]
     assert "Traceback" not in result.stderr

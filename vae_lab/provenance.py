@@ -43,7 +43,7 @@ def git_state() -> tuple[str | None, bool | None]:
     package = Path(vae_lab.__file__).resolve().parent
 
     def git(*arguments: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True, timeout=10, check=False)
 
     try:
         # Tracked by the repository around it (not merely inside some repository, e.g. a venv in a project).
@@ -58,6 +58,7 @@ def git_state() -> tuple[str | None, bool | None]:
         return None, None
 
 
+@functools.cache
 def library_version(name: str) -> str | None:
     try:
         return metadata.version(name)
