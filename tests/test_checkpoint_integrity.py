@@ -196,6 +196,27 @@ def test_evaluate_refuses_a_run_config_rewritten_to_another_likelihood(finished_
     assert (run_dir / "summary.json").read_bytes() == summary_before
 
 
+def test_resume_refuses_a_checkpoint_written_with_other_settings(finished_run: Path, tmp_path: Path, data_root: Path) -> None:
+    """The checkpoint's own config is checked even where summary.json cannot tell (here it is gone)."""
+    run_dir = copy_of(finished_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    kept = {name: (run_dir / name).read_bytes() for name in ("checkpoints/last.ckpt", "metrics.csv")}
+    result = run_cli(
+        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
+        "likelihood=continuous_bernoulli", cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert (
+        f"vae_lab: error: checkpoint {last} was written with other model or data settings than this run's config "
+        "(checkpoint -> this run's config):\n"
+        "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
+        "vae_lab.likelihoods.ContinuousBernoulliLikelihood\nNothing was loaded."
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept and not (run_dir / "summary.json").exists()
+
+
 def test_longer_training_and_other_eval_paths_and_threads_are_accepted(
     finished_run: Path, tmp_path: Path, data_root: Path
 ) -> None:
