@@ -183,7 +183,7 @@ def test_evaluate_refuses_a_run_config_rewritten_to_another_likelihood(finished_
         f"(checkpoint -> {config_path}):\n"
     ) in result.stderr
     # Each differing key, with both values; seed interpolates into data.seed and eval.seed (eval.* may differ).
-    listing = result.stderr.split("):\n", 1)[1].split("\nNothing was loaded.")[0].splitlines()
+    listing = result.stderr.split("):\n", 1)[1].split("\nNothing was loaded or written.")[0].splitlines()
     assert listing == [
         "  - data.seed: 0 -> 3",
         (
@@ -211,7 +211,7 @@ def test_resume_refuses_a_checkpoint_written_with_other_settings(finished_run: P
         f"vae_lab: error: checkpoint {last} was written with other model or data settings than this run's config "
         "(checkpoint -> this run's config):\n"
         "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
-        "vae_lab.likelihoods.ContinuousBernoulliLikelihood\nNothing was loaded."
+        "vae_lab.likelihoods.ContinuousBernoulliLikelihood\nNothing was loaded or written."
     ) in result.stderr
     assert "Traceback" not in result.stderr
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept and not (run_dir / "summary.json").exists()

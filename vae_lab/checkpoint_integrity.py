@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 
 from vae_lab.errors import CheckpointError
 from vae_lab.provenance import SCHEMA_VERSION, provenance
+from vae_lab.run_state import config_differences
 
 #: The top-level key of a checkpoint that holds vae_lab's record.
 RECORD_KEY = "vae_lab"
@@ -181,8 +182,6 @@ def verify_checkpoint(
     dict), the settings check: :class:`CheckpointError` listing every model- or data-defining key
     whose value in the checkpoint's config differs from ``config`` (from ``config_source``).
     A checkpoint without a digest or a config is accepted with a warning."""
-    from vae_lab.run_state import config_differences
-
     missing = [] if verify_digests(path, checkpoint) else ["content digest"]
     if config is not None:
         record = checkpoint.get(RECORD_KEY)
@@ -195,8 +194,8 @@ def verify_checkpoint(
                 listing = "\n".join(f"  - {line}" for line in changed)
                 raise CheckpointError(
                     f"checkpoint {path} was written with other model or data settings than {config_source} "
-                    f"(checkpoint -> {config_source}):\n{listing}\nNothing was loaded. Use the config the checkpoint "
-                    "was written with (kept in the run's summary.json 'config' and in the checkpoint's "
+                    f"(checkpoint -> {config_source}):\n{listing}\nNothing was loaded or written. Use the config "
+                    "the checkpoint was written with (kept in the run's summary.json 'config' and in the checkpoint's "
                     f"'{RECORD_KEY}' record), or this config in a new run. Only these keys may differ: "
                     f"{', '.join(MAY_DIFFER)}."
                 )
