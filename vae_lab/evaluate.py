@@ -60,9 +60,10 @@ def read_summary(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one.") from error
 
 
-def read_state_dict(checkpoint: Path) -> dict[str, Any]:
+def read_state_dict(checkpoint: Path, config: DictConfig | None = None, config_source: str = "") -> dict[str, Any]:
     """The model parameters in a Lightning checkpoint; CheckpointError when the file is missing,
-    truncated, not a Lightning checkpoint or holds non-finite weights (vae_lab.checkpoints)."""
+    truncated, corrupt, not a Lightning checkpoint, holds non-finite weights, or was written with
+    other model or data settings than ``config`` (from ``config_source``) (vae_lab.checkpoints)."""
     from vae_lab.checkpoints import check_checkpoint
 
     if not checkpoint.is_file():
@@ -71,7 +72,8 @@ def read_state_dict(checkpoint: Path) -> dict[str, Any]:
             f"no checkpoint at {checkpoint}"
             + (f" (that folder holds: {', '.join(listing)}); pass checkpoint=<one of them>." if listing else ".")
         )
-    content = check_checkpoint(checkpoint)
+    resolved = None if config is None else OmegaConf.to_container(config, resolve=True)
+    content = check_checkpoint(checkpoint, config=resolved, config_source=config_source or "the run's config")
     # A model compiled with torch.compile saves its parameters under `_orig_mod.`.
     return {key.replace("_orig_mod.", ""): value for key, value in content["state_dict"].items()}
 
@@ -106,13 +108,15 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
+    from vae_lab.provenance import provenance
     from vae_lab.threads import choose_threads
 
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
-    state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
     run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     if cfg.data_root:
         run_cfg.data.root = cfg.data_root
+    # A bad checkpoint, or one of other settings than the run's config, is refused before anything is built.
+    state_dict = read_state_dict(checkpoint, run_cfg, str(run_dir / RUN_CONFIG))
     seed = cfg.seed
     if seed is None:
         seed = OmegaConf.select(run_cfg, "eval.seed", default=None)
@@ -145,6 +149,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     summary["evaluation"] = {
         **result.details(),
         "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
+        "provenance": provenance(device),
     }
     write_json_atomically(summary_path, summary)
 

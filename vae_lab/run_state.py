@@ -64,13 +64,15 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def config_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key: before -> now`` for every resolved config value that differs, except the keys a
-    resumed run may change."""
+def config_differences(
+    before: dict[str, Any], now: dict[str, Any], may_change: tuple[str, ...] = MAY_CHANGE_ON_RESUME
+) -> list[str]:
+    """``key: before -> now`` for every resolved config value that differs, except the keys in
+    ``may_change`` (and below them; by default the keys a resumed run may change)."""
     old, new = _flatten(before), _flatten(now)
     changed = []
     for key in sorted(set(old) | set(new)):
-        if any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE_ON_RESUME):
+        if any(key == allowed or key.startswith(allowed + ".") for allowed in may_change):
             continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             changed.append(f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}")

@@ -32,6 +32,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from lightning.pytorch.loggers import CSVLogger
 
     from vae_lab.build import build_datamodule, build_model
+    from vae_lab.checkpoint_integrity import CheckpointRecord
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.compilation import compile_networks
@@ -43,6 +44,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
+    from vae_lab.provenance import provenance_fields
     from vae_lab.resume import keep_logged_epochs
     from vae_lab.step_overheads import step_overhead_callbacks
     from vae_lab.stopped_runs import record_stopped_run
@@ -63,7 +65,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
     if resume_from is not None and job.is_rank_zero:
-        keep_logged_epochs(loggers[0], through_epoch=check_checkpoint(resume_from, model)["epoch"])
+        resumed = check_checkpoint(resume_from, model, config=resolved_config)  # whole, same settings
+        keep_logged_epochs(loggers[0], through_epoch=resumed["epoch"])
     elif cfg.resume:
         print(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
 
@@ -75,7 +78,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
 
     checkpoints, last_epoch = checkpoint_callbacks(run_dir)
     interrupt = GracefulInterrupt()
-    callbacks: list[Any] = [checkpoints, last_epoch, interrupt, *job.trainer_callbacks()]
+    record = CheckpointRecord(resolved_config)  # the config and provenance travel inside every checkpoint
+    callbacks: list[Any] = [checkpoints, last_epoch, record, interrupt, *job.trainer_callbacks()]
     if cfg.check_finite_every_n_steps:
         callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
     if cfg.get("early_stopping"):
@@ -112,6 +116,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         # A failure or an interruption: record it (summary.json, wandb) and say what to do.
         known = {
             **job.summary_fields(),
+            **provenance_fields(trainer.strategy.root_device),
             "config": resolved_config,
             "choices": dict(hydra_config.runtime.choices),
             "overrides": list(hydra_config.overrides.task),
@@ -154,6 +159,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         summary = {
             **job.summary_fields(),
             "status": "complete",
+            **provenance_fields(trainer.strategy.root_device),
             "config": resolved_config,
             "choices": dict(hydra_config.runtime.choices),
             "overrides": list(hydra_config.overrides.task),
