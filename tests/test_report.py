@@ -440,6 +440,20 @@ def test_a_damaged_job_is_listed_as_unreadable(sweep: SimpleNamespace, tmp_path:
     assert f"{damaged}: {reason}" in html
 
 
+def test_a_truncated_picture_is_a_note_not_a_traceback(sweep: SimpleNamespace, tmp_path: Path) -> None:
+    """One job's images/samples.png cut in half: the job's numbers are intact (it stays complete), the
+    image grid shows that panel as unreadable and the report notes the file; no traceback."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "report*"))
+    picture = copy / job_dir_of(sweep, "1.0", "50", "0").name / "images" / "samples.png"
+    picture.write_bytes(picture.read_bytes()[: picture.stat().st_size // 2])
+    result = run_cli("vae_lab.report", str(copy), "--no-wandb", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all(row["complete"] == "2" for row in read_csv(copy / "report.csv"))
+    assert re.search(rf"^- images: unreadable: {re.escape(str(picture))}: ", (copy / "report.md").read_text(), re.M)
+    assert (copy / "report_plots" / "images.png").is_file()
+
+
 @pytest.mark.parametrize("mode", ["online", "offline"])
 def test_no_wandb_wins_over_wandb_mode_in_the_environment(sweep: SimpleNamespace, tmp_path: Path, mode: str) -> None:
     """The jobs' config asks for wandb (offline, in GROUP) and WANDB_MODE says online or offline:
