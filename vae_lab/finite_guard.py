@@ -23,7 +23,8 @@ per value at its scale floor, and KL warm-up or capacity schedules add a KL term
 thousand nats (capacity's gamma = 1000 times a KL 50 nats off its target is 0.05 x 10^6 on MNIST's
 bound of 7.8 x 10^6). The first loss sets the scale, so a config whose loss starts large (a tiny
 fixed Gaussian sigma) is measured against its own start. Each process measures its own start
-(a resumed run from its first step after the checkpoint).
+(a resumed run from its first step after the checkpoint). Under DDP the ranks' verdicts are summed
+(one small all-reduce per step), so that all ranks stop at the same step.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class NonFiniteGuard(Callback):
             self._loss_bound = DIVERGENCE_FACTOR * loss.abs().clamp(min=float(getattr(pl_module, "n_dims", 1)))
         # NaN makes the comparison false too: one verdict, one device-to-host read.
         finite = torch.isfinite(loss + gradient_sum(pl_module.parameters())) & (loss.abs() <= self._loss_bound)
+        if trainer.world_size > 1:
+            # The loss is each rank's own (the gradients are already shared): one verdict for all ranks, so
+            # that no rank stops alone while the others wait for it.
+            finite = trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0
         step = trainer.global_step
         if self.every_n_steps == 1:
             if not bool(finite):
@@ -111,6 +116,8 @@ class NonFiniteGuard(Callback):
                     f"train/loss is {float(self._loss):.4g} nats per image, beyond {self.loss_bound:.4g} "
                     f"({DIVERGENCE_FACTOR:g} x max(|the first checked loss|, {getattr(pl_module, 'n_dims', 1)} "
                     "values per image)): the training has diverged"
+                    if abs(float(self._loss)) > self.loss_bound
+                    else "the loss of another rank diverged or was not finite"
                 )
         else:
             what = (
