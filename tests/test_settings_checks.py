@@ -157,6 +157,12 @@ ISSUE_SETTINGS = [
     (["model.latent_dim=100000000"], ("model.latent_dim=100000000: not possible on this machine: a training step "
                                       "needs at least 485.8 GiB (the weights and gradients of 60,200,395,184 parameters")),
     (["eval.memory_budget_mb=100000000"], "eval.memory_budget_mb=100000000: not possible; it is more than the"),
+    # The same kind of traceback: 3 x 1e10 log-weights x 16 images; 1e8 validation images x 2,418 values.
+    (["eval.n_importance_samples=10000000000"], ("eval.n_importance_samples=10000000000: not possible on this "
+                                                 "machine: the evaluation keeps 3 x k log-weights for each of at "
+                                                 "least 16 images, 1.7 TiB")),
+    (["data.eval_batch_size=100000000"], ("data.eval_batch_size=100000000: not possible on this machine: a "
+                                          "validation batch needs at least 900.8 GiB")),
 ]
 NO_GPU_SETTINGS = [
     (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: not available on this machine: torch sees no CUDA GPU"),
@@ -289,6 +295,7 @@ def run_dir_with_summary(tmp_path: Path) -> Path:
         (["active_unit_threshold=-1"], "- active_unit_threshold=-1: not allowed; must be >= 0."),
         (["memory_budget_mb=inf"], "- memory_budget_mb=inf: not allowed; must be a finite number > 0."),
         (["memory_budget_mb=100000000"], "- memory_budget_mb=100000000: not possible; it is more than the"),
+        (["n_importance_samples=10000000000"], "- n_importance_samples=10000000000: not possible on this machine"),
         (["device=cuda:99"], "- device=cuda:99: not available: this machine has"),
         (["device=tpu7"], "- device=tpu7: not a device torch knows"),
         ([], "cannot be read as the run's config"),

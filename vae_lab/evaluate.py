@@ -127,7 +127,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.threads import choose_threads
 
     validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
-    device = evaluation_device(cfg.device, cfg.memory_budget_mb)
+    device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
     run_cfg = load_run_config(run_dir)
     state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built

@@ -118,8 +118,8 @@ def _where(device: torch.device) -> str:
 
 
 def memory_problems(cfg: DictConfig, devices: list[torch.device]) -> list[Problem]:
-    """The training step, and the evaluation's chunk (``eval.memory_budget_mb``), against the memory
-    of the smallest device the run uses (times the processes that share the RAM on the CPU)."""
+    """A training step, a validation batch and the final evaluation (:func:`evaluation_problems`) against
+    the memory of the smallest device the run uses (times the processes that share the RAM on the CPU)."""
     forked = "fork" in str(cfg.trainer.get("strategy", ""))
     if not devices or (forked and devices[0].type == "cuda"):
         return []  # no CUDA query before ranks are forked (CUDA cannot be used in a forked child)
@@ -128,7 +128,9 @@ def memory_problems(cfg: DictConfig, devices: list[torch.device]) -> list[Proble
         return []
     total, device = min(totals, key=lambda pair: pair[0])
     sharing = len(devices) if device.type == "cpu" else 1
-    problems = budget_problems("eval.memory_budget_mb", OmegaConf.select(cfg, "eval.memory_budget_mb"), device)
+    problems = evaluation_problems(
+        "eval.", OmegaConf.select(cfg, "eval.n_importance_samples"), OmegaConf.select(cfg, "eval.memory_budget_mb"), device
+    )
     sizes = model_sizes(cfg)
     if sizes is None:
         return problems
@@ -139,21 +141,31 @@ def memory_problems(cfg: DictConfig, devices: list[torch.device]) -> list[Proble
     weights = training_step_bytes(sizes.n_parameters, 0, 0, 0, parameter_bytes=parameter_bytes)
     step = training_step_bytes(sizes.n_parameters, sizes.values_per_sample, n_samples, batch_size,
                                parameter_bytes=parameter_bytes, activation_bytes=activation_bytes)
-    if step * sharing <= total:
+    eval_batch = int(cfg.data.get("eval_batch_size") or batch_size)
+    validation = weights // 2 + activation_bytes * eval_batch * sizes.values_per_sample  # weights, 1 sample, no grad
+    if max(step, validation) * sharing <= total:
         return problems
-    activations = step - weights
+    activations, processes = step - weights, f", x {sharing} processes" if sharing > 1 else ""
+    more = f"more than the {_size(total)} {_where(device)}"
+    if step * sharing <= total:  # only the validation batch does not fit
+        path, value = ("data.eval_batch_size", eval_batch) if validation > weights else ("model.latent_dim", cfg.model.latent_dim)
+        problems.append(Problem(path, value, (
+            f"not possible on this machine: a validation batch needs at least {_size(validation * sharing)} "
+            f"({eval_batch} images x {sizes.values_per_sample:,} decoder values, and the weights{processes}), {more}. "
+            "Lower data.eval_batch_size (or model.latent_dim)."
+        )))
+        return problems
     if weights >= activations:
         path, value, lower = "model.latent_dim", cfg.model.latent_dim, "model.latent_dim or the hidden sizes"
     elif n_samples > 1:
         path, value, lower = f"objective.{sample_key}", n_samples, f"objective.{sample_key} or data.batch_size"
     else:
         path, value, lower = "data.batch_size", batch_size, "data.batch_size"
-    processes = f", x {sharing} processes" if sharing > 1 else ""
     problems.append(Problem(path, value, (
         f"not possible on this machine: a training step needs at least {_size(step * sharing)} (the weights and "
         f"gradients of {sizes.n_parameters:,} parameters, {_size(weights)}; {n_samples} samples x {batch_size} images "
         f"x {sizes.values_per_sample:,} decoder values per sample kept for the backward pass, {_size(activations)}"
-        f"{processes}), more than the {_size(total)} {_where(device)}. Lower {lower}."
+        f"{processes}), {more}. Lower {lower}."
     )))
     return problems
 
@@ -211,18 +223,35 @@ def check_training_machine(cfg: DictConfig) -> None:
     raise_problems(problems or memory_problems(cfg, devices), fix=FIX)
 
 
-def budget_problems(path: str, memory_budget_mb: float | None, device: torch.device) -> list[Problem]:
-    """An evaluation chunk budget larger than the whole memory of its device."""
+def evaluation_problems(
+    prefix: str, n_importance_samples: int | None, memory_budget_mb: float | None, device: torch.device
+) -> list[Problem]:
+    """What the evaluation (vae_lab.evaluation) holds beyond the device's whole memory: its chunk budget,
+    or the three [k, B] float32 log-weight buffers of its smallest batch of images."""
+    from vae_lab.evaluation import MIN_IMAGES_PER_BATCH
+
     total = total_memory_bytes(device)
-    if memory_budget_mb is None or total is None or memory_budget_mb * 2**20 <= total:
+    if total is None:
         return []
-    return [Problem(path, memory_budget_mb, f"not possible; it is more than the {_size(total)} {_where(device)}. "
-                    "Leave it null (sized for the device).")]
+    problems = []
+    if memory_budget_mb is not None and memory_budget_mb * 2**20 > total:
+        problems.append(Problem(f"{prefix}memory_budget_mb", memory_budget_mb, f"not possible; it is more than the "
+                                f"{_size(total)} {_where(device)}. Leave it null (sized for the device)."))
+    buffers = 3 * 4 * (n_importance_samples or 0) * MIN_IMAGES_PER_BATCH
+    if buffers > total:
+        problems.append(Problem(f"{prefix}n_importance_samples", n_importance_samples, (
+            f"not possible on this machine: the evaluation keeps 3 x k log-weights for each of at least "
+            f"{MIN_IMAGES_PER_BATCH} images, {_size(buffers)}, more than the {_size(total)} {_where(device)}. "
+            "Lower it (Burda et al. 2016 use 5000)."
+        )))
+    return problems
 
 
-def evaluation_device(name: str, memory_budget_mb: float | None = None) -> torch.device:
+def evaluation_device(
+    name: str, memory_budget_mb: float | None = None, n_importance_samples: int | None = None
+) -> torch.device:
     """The device of ``python -m vae_lab.evaluate device=<name>`` (auto: a GPU when there is one);
-    ConfigError when this machine does not have it, or ``memory_budget_mb`` exceeds its memory."""
+    ConfigError when this machine does not have it, or the evaluation cannot fit its memory."""
     problems = []
     device = torch.device("cpu")
     try:
@@ -237,6 +266,6 @@ def evaluation_device(name: str, memory_budget_mb: float | None = None) -> torch
             problems.append(Problem("device", name, f"not available: this machine has {there} "
                                     f"({kind.__name__}.is_available() is {kind.is_available()}). Use device=cpu or auto."))
     if not problems:
-        problems = budget_problems("memory_budget_mb", memory_budget_mb, device)
+        problems = evaluation_problems("", n_importance_samples, memory_budget_mb, device)
     raise_problems(problems, "the evaluation's settings", FIX)
     return device
