@@ -340,7 +340,7 @@ def test_a_finite_divergence_ends_diverged(tmp_path: Path, data_root: Path) -> N
 
 
 class LossRange(L.Callback):
-    """The largest |training loss| of a fit, and the guard's bound."""
+    """The largest |training loss| of a fit."""
 
     def __init__(self) -> None:
         self.largest = 0.0
