@@ -48,9 +48,10 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
-    """The VAE for this config; every shape comes from the data module."""
-    image_shape = datamodule.image_shape
+def build_networks(cfg: DictConfig, image_shape: tuple[int, int, int]) -> tuple[Likelihood, Any, Any]:
+    """(likelihood, encoder, decoder) for images of ``image_shape``: the decoder emits the
+    likelihood's parameters for every pixel. (vae_lab.machine_checks builds them on the meta device
+    to size a run before it starts.)"""
     latent_dim = cfg.model.latent_dim
     likelihood = build_likelihood(cfg, channels=image_shape[0])
     encoder = instantiate(cfg.model.encoder, image_shape=image_shape, latent_dim=latent_dim)
@@ -60,6 +61,14 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
         latent_dim=latent_dim,
         out_channels=likelihood.parameters_per_channel * image_shape[0],
     )
+    return likelihood, encoder, decoder
+
+
+def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
+    """The VAE for this config; every shape comes from the data module."""
+    image_shape = datamodule.image_shape
+    latent_dim = cfg.model.latent_dim
+    likelihood, encoder, decoder = build_networks(cfg, image_shape)
     initialize_output_bias(cfg.model.get("initialize_output_bias", "auto"), decoder, likelihood, datamodule)
     prior = instantiate(cfg.prior, latent_dim=latent_dim, encoder=encoder, datamodule=datamodule)
     return VAE(

@@ -93,12 +93,28 @@ def load_weights(model: Any, checkpoint: Path, state_dict: dict[str, Any] | None
         ) from error
 
 
-def pick_device(name: str) -> str:
-    import torch
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config (``<run dir>/.hydra/config.yaml``); ConfigError naming the file when it
+    is not readable YAML, or not a config this version of vae_lab can build."""
+    import yaml
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    from vae_lab.config_schema import validate_config
+
+    path = run_dir / RUN_CONFIG
+    try:
+        run_cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as error:
+        raise ConfigError(
+            f"{path} cannot be read as the run's config ({' '.join(str(error).split())[:300]}). It is written by "
+            "`python -m vae_lab.train` when the run starts: restore it from a copy, or re-run the training."
+        ) from error
+    if not isinstance(run_cfg, DictConfig):
+        raise ConfigError(f"{path} holds a {type(run_cfg).__name__}, not the run's config (a mapping); restore it.")
+    try:
+        validate_config(run_cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{path}, the run's saved config: {error}") from None
+    return run_cfg
 
 
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
@@ -106,13 +122,17 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from vae_lab.build import build_datamodule, build_model
+    from vae_lab.config_schema import validate_evaluate_config
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
+    from vae_lab.machine_checks import evaluation_device
     from vae_lab.provenance import provenance
     from vae_lab.threads import choose_threads
 
+    validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
+    device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
-    run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    run_cfg = load_run_config(run_dir)
     if cfg.data_root:
         run_cfg.data.root = cfg.data_root
     # A bad checkpoint, or one of other settings than the run's config, is refused before anything is built.
@@ -133,12 +153,11 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg)
     model = build_model(run_cfg, datamodule)
     load_weights(model, checkpoint, state_dict)
-    device = pick_device(cfg.device)
     model.to(device)
     threads = cfg.threads or run_cfg.get("threads")
     if threads:  # a number, or auto: by model size, as in training (vae_lab/threads.py)
         torch.set_num_threads(
-            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=torch.device(device).type)
+            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=device.type)
         )
     datamodule.setup("test")
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())

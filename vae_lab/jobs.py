@@ -278,7 +278,7 @@ class Job:
             previous = run_state.read_summary(self.run_dir) or {}
         except VaeLabError:
             previous = {}
-        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted"):
+        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted", "diverged"):
             return  # train() recorded it
         try:
             from vae_lab.interrupts import GracefulInterrupt

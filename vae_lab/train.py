@@ -44,6 +44,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
+    from vae_lab.machine_checks import check_training_machine
     from vae_lab.provenance import provenance_fields
     from vae_lab.resume import keep_logged_epochs
     from vae_lab.step_overheads import step_overhead_callbacks
@@ -52,6 +53,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.tracking import offline_sync_hint
 
     validate_config(cfg)  # every key, type and range, before any work
+    check_training_machine(cfg)  # the devices it asks for and the memory it needs, on this machine
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     check_writable_directory(run_dir)
