@@ -69,6 +69,7 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "data.split_seed": ([], "data.split_seed", "-1"),
     "data.seed": ([], "data.seed", "-1"),
     "data.binarization": ([], "data.binarization", "fuzzy"),
+    "data.mirror": ([], "data.mirror", "ftp://mirror.example/mnist/"),
     "likelihood.variance": (["likelihood=gaussian"], "likelihood.variance", "learned"),
     "likelihood.scale": (["likelihood=laplace"], "likelihood.scale", "learned"),
     "likelihood.*_sigma": (["likelihood=gaussian"], "likelihood.min_sigma", "0"),

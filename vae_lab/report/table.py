@@ -18,7 +18,7 @@ from vae_lab.report.jobs import UNREADABLE, Job, sort_key, swept_axes
 METRICS = ("test/elbo", "test/nll_is", "test/bpd", "test/kl", "test/active_units", "epochs", "wall_time_seconds")
 HEADINGS = {"wall_time_seconds": "wall time (s)"}
 DIGITS = {"test/bpd": 4, "test/active_units": 1, "epochs": 1, "wall_time_seconds": 1}
-NOT_COMPLETE = ("failed", "unfinished", "pending", UNREADABLE)
+NOT_COMPLETE = ("failed", "diverged", "unfinished", "pending", UNREADABLE)
 
 
 @dataclass
