@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab import run_lock
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 
 CONFIG_PATH = "pkg://vae_lab.conf"
@@ -109,6 +110,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.threads import choose_threads
 
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
+    run_lock.lock(run_dir, "python -m vae_lab.evaluate")  # one writer per run dir; held until this process exits
     state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
     run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     if cfg.data_root:
