@@ -214,3 +214,45 @@ def test_no_temporary_file_is_left_behind(killed_then_resumed) -> None:
     left = [name for name, size in after_kill.items() if name.endswith(".tmp")]
     assert len(left) == 1 and after_kill[left[0]] == 0  # the kill left a 0-byte temporary file ...
     assert not [p for p in run_dir.rglob("*.tmp")]  # ... which the resumed run removed
+
+
+def has_exited(pid: int) -> bool:
+    try:
+        return "(zombie)" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def rank_children(pid: int) -> list[int]:
+    listed = subprocess.run(["pgrep", "-P", str(pid), "-f", "train_rank_1"], capture_output=True, text=True).stdout
+    return [int(line) for line in listed.split()]
+
+
+def test_the_ddp_ranks_a_run_started_keep_its_lock(data_root: Path, tmp_path: Path) -> None:
+    """Rank 1 (started by rank 0, trainer=ddp_cpu) holds the lock on: with rank 0 killed and rank 1
+    paused, a resume=true is still refused; once rank 1 is gone too, the lock is free."""
+    run_dir = tmp_path / "run"
+    rank_zero = subprocess.Popen(
+        [sys.executable, "-m", "vae_lab.train", *TINY, "trainer=ddp_cpu", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ranks: list[int] = []
+    try:
+        wait_for(lambda: bool(ranks.extend(rank_children(rank_zero.pid)) or ranks), rank_zero, "it started rank 1")
+        os.kill(ranks[0], signal.SIGSTOP)
+        rank_zero.kill()
+        rank_zero.wait()
+        resume = [*TINY, "trainer=ddp_cpu", "resume=true", f"hydra.run.dir={run_dir}"]
+        refused = run_cli("vae_lab.train", *resume, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert f"{run_dir} is in use by pid {rank_zero.pid} on host {socket.gethostname()}" in refused.stderr
+    finally:
+        rank_zero.kill()
+        for pid in ranks:
+            os.kill(pid, signal.SIGKILL)
+    while not has_exited(ranks[0]):
+        time.sleep(0.05)  # until the kernel has closed the killed rank's files
+    from vae_lab import run_lock
+
+    run_lock.lock(run_dir, "test")  # free now
+    run_lock.release(run_dir)

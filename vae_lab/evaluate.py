@@ -110,7 +110,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.threads import choose_threads
 
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
-    run_lock.lock(run_dir, "python -m vae_lab.evaluate")  # one writer per run dir; held until this process exits
+    run_lock.lock(run_dir, "python -m vae_lab.evaluate")  # one writer per run dir: refused while a run holds it
     state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
     run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     if cfg.data_root:
@@ -149,6 +149,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
     }
     write_json_atomically(summary_path, summary)
+    run_lock.release(run_dir)
 
     trained_elbo = summary["metrics"].get("test/elbo")
     extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]
