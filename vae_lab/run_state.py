@@ -10,9 +10,9 @@ what a new launch into it does: start fresh, resume, skip, or refuse.
 
 With ``resume=true`` a complete run is skipped (or, given a larger ``trainer.max_epochs`` than it was
 trained with, extended: it trains the extra epochs from its last checkpoint and is evaluated again),
-and any other run continues from its last
-epoch-end checkpoint (``checkpoints/last.ckpt``, written at the end of every epoch) in the same
-directory with the same wandb run id; with no checkpoint yet it starts over. A resumed run must
+and any other run continues from its last epoch-end checkpoint (``checkpoints/last.ckpt``, written at
+the end of every epoch) in the same directory with the same wandb run id; with no checkpoint yet it
+starts over (its stale checkpoints removed first, :func:`tidy_for_start`). A resumed run must
 have the config it was started with, except for the keys in :data:`MAY_CHANGE_ON_RESUME`.
 A run killed mid-epoch resumes from the end of the last finished epoch and repeats the rest: the
 data order and all noise are functions of (seed, epoch, rank), so the repeated epoch draws what the
