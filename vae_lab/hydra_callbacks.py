@@ -104,7 +104,7 @@ class RunDirectoryGuard(Callback):
         try:
             plan = accept_launch(
                 run_dir,
-                bool(config.get("resume", False)),
+                config.get("resume") is True,  # anything else is refused by validate_config, as not resuming
                 self._resolved_task_config(config, run_dir),
                 distributed.launch_attempt(),
                 os.environ.get("WANDB_RUN_ID"),
