@@ -109,13 +109,9 @@ def lock_existing(run_dir: str | os.PathLike) -> RunLock | None:
     if run_dir in _held:
         return _held[run_dir]
     try:
-        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+        descriptor = _open(run_dir / LOCK_FILE, os.O_RDWR)
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise ConfigError(
-            f"cannot open the lock file {run_dir / LOCK_FILE} ({error.strerror}); fix its permissions or remove it."
-        ) from None
     return _lock(run_dir, descriptor)
 
 
@@ -128,8 +124,7 @@ def lock(run_dir: str | os.PathLike, purpose: str) -> RunLock:
         return _held[run_dir]
     existing = lock_existing(run_dir)
     if existing is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        existing = _lock(run_dir, os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666))
+        existing = _lock(run_dir, _open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT))
     existing.claim(purpose)
     return existing
 
@@ -150,6 +145,24 @@ def inheritable_descriptors() -> tuple[int, ...]:
 def _release_all() -> None:
     for run_dir in list(_held):
         release(run_dir)
+
+
+def _open(path: Path, flags: int) -> int:
+    """``os.open``; a file that cannot be opened for writing is a ConfigError naming it (FileNotFoundError
+    passes through for :func:`lock_existing`)."""
+    try:
+        if flags & os.O_CREAT:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        raise ConfigError(f"cannot create the lock file {path}: its directory is missing.") from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot open the lock file {path} for writing ({error.strerror}): vae_lab writes into a run directory "
+            "only while it holds that lock. Fix the directory's permissions, or copy the run somewhere writable."
+        ) from None
 
 
 def _lock(run_dir: Path, descriptor: int) -> RunLock:
