@@ -97,11 +97,6 @@ class RunLock:
 _held: dict[Path, RunLock] = {}
 
 
-def held(run_dir: str | os.PathLike) -> RunLock | None:
-    """The lock on ``run_dir`` this process holds, if any."""
-    return _held.get(Path(run_dir).absolute())
-
-
 def lock_existing(run_dir: str | os.PathLike) -> RunLock | None:
     """Lock ``run_dir`` if its lock file exists (creating nothing); None when it has none.
     Raises :class:`RunDirectoryBusy` naming the holder when a live process has it."""
@@ -116,12 +111,10 @@ def lock_existing(run_dir: str | os.PathLike) -> RunLock | None:
 
 
 def lock(run_dir: str | os.PathLike, purpose: str) -> RunLock:
-    """Lock ``run_dir`` (created if need be) and write this process's name in the lock: for a
-    process that writes into a run directory it did not check first (a multirun job, evaluate).
-    Re-entrant within a process. Raises :class:`RunDirectoryBusy` naming the holder."""
+    """Lock ``run_dir`` (created if need be) and write this process's name in the lock (evaluate, and
+    vae_lab.run_state.accept_launch once it accepted a launch). Re-entrant within a process. Raises
+    :class:`RunDirectoryBusy` naming the holder."""
     run_dir = Path(run_dir).absolute()
-    if run_dir in _held:
-        return _held[run_dir]
     existing = lock_existing(run_dir)
     if existing is None:
         existing = _lock(run_dir, _open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT))
