@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab import run_lock
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 
 CONFIG_PATH = "pkg://vae_lab.conf"
@@ -132,6 +133,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
     device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
+    run_lock.lock(run_dir, "python -m vae_lab.evaluate")  # one writer per run dir: refused while a run holds it
     run_cfg = load_run_config(run_dir)
     if cfg.data_root:
         run_cfg.data.root = cfg.data_root
@@ -171,6 +173,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "provenance": provenance(device),
     }
     write_json_atomically(summary_path, summary)
+    run_lock.release(run_dir)
 
     trained_elbo = summary["metrics"].get("test/elbo")
     extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]
