@@ -39,33 +39,14 @@ from lightning.pytorch.callbacks import Callback
 
 from vae_lab.errors import CheckpointError
 from vae_lab.provenance import SCHEMA_VERSION, provenance
-from vae_lab.run_state import config_differences
+from vae_lab.run_state import MAY_CHANGE_ON_RESUME, config_differences
 
 #: The top-level key of a checkpoint that holds vae_lab's record.
 RECORD_KEY = "vae_lab"
 
 #: Config keys (with everything below them) that may differ between a checkpoint and the config
-#: that loads it: none of them changes what the model is or which data it learns from.
-MAY_DIFFER = (
-    "resume",  # how this launch starts
-    "data.root",  # where the data is
-    "data.download",
-    "data.loader",  # how batches are served (the same order and draws either way)
-    "data.num_workers",
-    "threads",  # speed
-    "compile",
-    "trainer.accelerator",  # where it runs
-    "trainer.devices",
-    "trainer.strategy",
-    "trainer.num_nodes",
-    "trainer.max_epochs",  # to extend a run
-    "trainer.enable_progress_bar",  # console
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "check_finite_every_n_steps",  # monitoring only
-    "eval",  # the evaluation settings
-    "logger",  # where metrics go
-)
+#: that loads it (one list with the resume check's, vae_lab.run_state).
+MAY_DIFFER = MAY_CHANGE_ON_RESUME
 
 #: How the error messages name the parts of a checkpoint.
 PART_NAMES = {

@@ -41,8 +41,31 @@ from vae_lab.files import remove_temporaries, write_json_atomically
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
-#: Config keys a resumed run may change: where the data is, CPU threads, logging, and how long to train.
-MAY_CHANGE_ON_RESUME = ("resume", "data.root", "threads", "trainer.max_epochs", "logger")
+#: Config keys (with everything below them) that may differ between a checkpoint and the config
+#: that loads it, and between a run and its resumption (``resume=true``): none of them changes what
+#: the model is or which data it learns from.
+MAY_CHANGE_ON_RESUME = (
+    "resume",  # how this launch starts
+    "data.root",  # where the data is
+    "data.download",
+    "data.mirror",
+    "data.verify",
+    "data.loader",  # how batches are served (the same order and draws either way)
+    "data.num_workers",
+    "threads",  # speed
+    "compile",
+    "trainer.accelerator",  # where it runs
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.max_epochs",  # to extend a run
+    "trainer.enable_progress_bar",  # console
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "check_finite_every_n_steps",  # monitoring only
+    "eval",  # the evaluation settings
+    "logger",  # where metrics go
+)
 
 
 def new_run_id() -> str:
