@@ -242,6 +242,39 @@ def test_train_and_val_metrics_of_a_run_are_on_the_same_scale(three_epoch_run: t
     assert -784 * math.log(2) * 1.2 < train[0] < 0  # a coin flip per pixel is 543 nats
 
 
+def test_the_metrics_of_a_run_are_consistent_in_nats_and_bits(three_epoch_run: tuple[Path, str]) -> None:
+    """README: elbo = reconstruction - kl in nats per image for train, val and test; bpd =
+    -elbo / (D ln 2) for binary pixels; the KL of the latent dimensions adds up to the KL;
+    summary.json holds the figures metrics.csv holds; -log p(x) by importance sampling is at most
+    -ELBO over the same samples."""
+    import csv
+
+    run_dir, _ = three_epoch_run
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    checked = set()
+    for row in rows:
+        for stage in ("train", "val", "test"):
+            if not row.get(f"{stage}/elbo"):
+                continue
+            elbo, reconstruction, kl = (float(row[f"{stage}/{name}"]) for name in ("elbo", "reconstruction", "kl"))
+            assert elbo == pytest.approx(reconstruction - kl, abs=1e-3)
+            assert kl >= 0
+            assert float(row[f"{stage}/bpd"]) == pytest.approx(-elbo / (784 * math.log(2)), rel=1e-5)
+            checked.add(stage)
+        per_dim = [float(row[key]) for key in row if key.startswith("val/kl_per_dim/") and row[key]]
+        if per_dim:
+            assert len(per_dim) == 50
+            assert sum(per_dim) == pytest.approx(float(row["val/kl"]), abs=1e-3)
+    assert checked == {"train", "val", "test"}
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    test_row = next(row for row in rows if row.get("test/elbo"))
+    assert metrics["test/elbo"] == pytest.approx(float(test_row["test/elbo"]), rel=1e-6)
+    assert 0 < metrics["test/nll_is"] <= -metrics["test/elbo_k_samples"]
+    assert metrics["test/bpd_is"] == pytest.approx(metrics["test/nll_is"] / (784 * math.log(2)), rel=1e-9)
+    assert len(metrics["test/kl_per_dim"]) == 50 and 0 <= metrics["test/active_units"] <= 50
+
+
 class EpochRecorder(Callback):
     """The global random state when each epoch's first training batch starts (after the module
     seeded the epoch), and the val/elbo of each epoch."""
