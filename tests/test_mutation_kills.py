@@ -3,3 +3,382 @@ pins a value of the likelihoods, priors, objectives, evaluation, data forms or t
 that no earlier test checked."""
 
 from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import pytest
+
+from vae_lab.report.jobs import Job as ReportJob
+from vae_lab.report.table import (
+    Statistic,
+    build_report,
+    job_cells,
+    markdown_table,
+    numeric_table,
+    status_text,
+    table_cells,
+    to_csv,
+)
+
+
+# ---------------------------------------------------------------- the report's table
+def sweep_jobs() -> list[ReportJob]:
+    """Seven jobs of a batch-size sweep with two seeds: complete ones (two, one and none per
+    setting), a failed, an unfinished, an interrupted and a pending one."""
+
+    def job(batch_size: int, seed: int, status: str, summary: dict | None = None) -> ReportJob:
+        return ReportJob(Path(f"sweep/{batch_size}-{seed}"), status, [f"data.batch_size={batch_size}", f"seed={seed}"], summary or {})
+
+    return [
+        job(50, 0, "complete", {"metrics": {"test/elbo": -100.0, "test/bpd": 0.18, "test/active_units": 10}, "epochs": 2, "wall_time_seconds": 3.5}),
+        job(100, 1, "failed", {"status": "failed", "error": "ValueError: boom\nsecond | line"}),
+        job(50, 1, "complete", {"metrics": {"test/elbo": -102.0, "test/bpd": 0.2, "test/active_units": 12}, "epochs": 2, "wall_time_seconds": 4.5}),
+        job(100, 0, "complete", {"metrics": {"test/elbo": -105.5, "test/kl_per_dim": [1.0, 2.0]}, "epochs": 2, "wall_time_seconds": 2.0}),
+        job(200, 0, "unfinished"),
+        job(200, 1, "interrupted", {"status": "interrupted", "metrics": {"test/elbo": -1.0}}),
+        ReportJob(Path("sweep/(not started)"), "pending", ["data.batch_size=200", "seed=2"]),
+    ]
+
+
+def test_report_table_cells_are_mean_and_sample_std_over_seeds_with_each_metrics_digits() -> None:
+    report = build_report(sweep_jobs())
+    assert report.axes == ["data.batch_size"]
+    assert report.metrics == ["test/elbo", "test/bpd", "test/active_units", "epochs", "wall_time_seconds"]
+    assert report.jobs == sweep_jobs()
+    header, cells = table_cells(report)
+    assert header == ["data.batch_size", "seeds (n)", "test/elbo", "test/bpd", "test/active_units", "epochs", "wall time (s)", "jobs"]
+    assert cells == [
+        ["50", "0, 1 (2)", "-101.00 ± 1.41", "0.1900 ± 0.0141", "11.0 ± 1.4", "2.0 ± 0.0", "4.0 ± 0.7", "2 complete"],
+        ["100", "0 (1)", "-105.50", "-", "-", "2.0", "2.0", "1 complete, 1 failed"],
+        ["200", "- (0)", "-", "-", "-", "-", "-", "0 complete, 1 unfinished, 1 pending, 1 interrupted"],
+    ]
+    assert [row.label() for row in report.rows] == ["data.batch_size=50", "data.batch_size=100", "data.batch_size=200"]
+    assert build_report(sweep_jobs()[:1]).rows[0].label() == "all jobs"
+    assert report.status_counts() == {"complete": 3, "failed": 1, "unfinished": 1, "interrupted": 1, "pending": 1}
+    assert [job.status for job in report.not_complete] == ["failed", "unfinished", "interrupted", "pending"]
+
+
+def test_status_text_counts_each_status_once() -> None:
+    jobs = sweep_jobs()
+    report = build_report([*jobs, ReportJob(Path("x"), "interrupted", ["data.batch_size=200", "seed=3"]),
+                           ReportJob(Path("y"), "crashed", ["data.batch_size=200", "seed=4"])])
+    assert status_text(report.rows[2]) == "0 complete, 1 unfinished, 1 pending, 1 crashed, 2 interrupted"
+
+
+def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_complete() -> None:
+    report = build_report(sweep_jobs())
+    columns, data = numeric_table(report)
+    assert columns == [
+        "data.batch_size", "n_seeds", "seeds", "test/elbo mean", "test/elbo std", "test/bpd mean", "test/bpd std",
+        "test/active_units mean", "test/active_units std", "epochs mean", "epochs std",
+        "wall_time_seconds mean", "wall_time_seconds std", "complete", "failed", "unfinished", "pending",
+    ]
+    expected = [
+        ["50", 2, "0 1", -101.0, math.sqrt(2), 0.19, math.sqrt(2) / 100, 11.0, math.sqrt(2), 2.0, 0.0, 4.0, math.sqrt(0.5), 2, 0, 0, 0],
+        ["100", 1, "0", -105.5, None, None, None, None, None, 2.0, None, 2.0, None, 1, 1, 0, 0],
+        ["200", 0, "", *[None] * 10, 0, 0, 1, 1],
+    ]
+    assert len(data) == len(expected)
+    for line, wanted in zip(data, expected):
+        assert line == [pytest.approx(v) if isinstance(v, float) else v for v in wanted]
+    text = to_csv(report)
+    assert "\r" not in text and text.endswith("\n") and text.count("\n") == 4
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == [*columns, "not_complete_jobs"]
+    for row, line, jobs in zip(rows[1:], data, ["", "failed:sweep/100-1", "unfinished:sweep/200-0;interrupted:sweep/200-1;pending:sweep/(not started)"]):
+        assert row == ["" if value is None else str(value) for value in line] + [jobs]
+
+
+def test_markdown_table_and_the_list_of_jobs_not_complete() -> None:
+    assert markdown_table(["a", "b|c"], [["x\n  y", 1], ["", "z"]]) == "| a | b\\|c |\n|---|---|\n| x y | 1 |\n|  | z |"
+    header, cells = job_cells(build_report(sweep_jobs()))
+    assert header == ["status", "job", "data.batch_size", "seed", "error"]
+    assert cells == [
+        ["failed", "sweep/100-1", "100", "1", "ValueError: boom\nsecond | line"],
+        ["unfinished", "sweep/200-0", "200", "0", ""],
+        ["interrupted", "sweep/200-1", "200", "1", ""],
+        ["pending", "sweep/(not started)", "200", "2", ""],
+    ]
+
+
+def test_statistic_of_values() -> None:
+    assert Statistic.of([]) is None
+    one = Statistic.of([3.25])
+    assert (one.mean, one.std, one.n) == (3.25, None, 1)
+    assert one.format(1) == "3.2" and one.format(3) == "3.250"
+    two = Statistic.of([1.0, 2.0, 6.0])
+    assert (two.mean, two.n) == (3.0, 3) and two.std == pytest.approx(math.sqrt(7.0))
+    assert two.format(2) == "3.00 ± 2.65"
+
+
+# ---------------------------------------------------------------- evaluation
+import torch  # noqa: E402
+
+from vae_lab.errors import ConfigError  # noqa: E402
+from vae_lab.evaluation import (  # noqa: E402
+    EvaluationResult,
+    EvaluationSettings,
+    ProgressPrinter,
+    active_units,
+    automatic_budget_mb,
+    evaluate,
+    log_metrics,
+)
+
+
+def evaluation_result(kl_per_dim: list[float] | None = (0.5, 2.25)) -> EvaluationResult:
+    return EvaluationResult(
+        n_importance_samples=500, n_images=200, seed=7, log_likelihood=-91.25, elbo=-97.5,
+        bpd_importance_sampled=0.1679, bpd_elbo=0.1794, active_units=3, active_unit_threshold=0.01, latent_dim=4,
+        unit_activity=[1.0, 0.5, 0.02, 0.001], kl_per_dim=None if kl_per_dim is None else list(kl_per_dim),
+        images_per_batch=100, samples_per_chunk=250, seconds=12.5,
+    )
+
+
+def test_evaluation_metrics_and_details_name_every_figure() -> None:
+    result = evaluation_result()
+    assert result.metrics() == {
+        "test/nll_is": 91.25, "test/bpd_is": 0.1679, "test/elbo_k_samples": -97.5, "test/bpd_elbo_k_samples": 0.1794,
+        "test/active_units": 3, "test/kl_per_dim": [0.5, 2.25],
+    }
+    assert "test/kl_per_dim" not in evaluation_result(kl_per_dim=None).metrics()
+    assert result.details() == {
+        "n_importance_samples": 500, "n_images": 200, "seed": 7, "active_unit_threshold": 0.01,
+        "unit_activity": [1.0, 0.5, 0.02, 0.001], "images_per_batch": 100, "samples_per_chunk": 250, "seconds": 12.5,
+    }
+
+
+def test_evaluation_table_lists_every_figure_aligned() -> None:
+    assert evaluation_result().table([("checkpoint", "best.ckpt")]) == "\n".join([
+        "-log p(x), IS (test/nll_is)  91.250 nats",
+        "bits/dim, IS (test/bpd_is)   0.1679",
+        "ELBO, same samples           -97.500 nats",
+        "bits/dim, ELBO               0.1794",
+        "active units (Cov > 0.01)    3 / 4",
+        "KL per dimension             sum 2.75, max 2.25 nats over 4 dims",
+        "k, test images, seed         500, 200, 7",
+        "batch x chunk                100 images x 250 samples",
+        "time                         12.5 s",
+        "checkpoint                   best.ckpt",
+    ])
+    assert "KL per dimension             n/a (the prior's KL does not split by dimension)" in evaluation_result(None).table()
+
+
+def test_evaluation_settings_from_a_config() -> None:
+    assert EvaluationSettings.from_config({"n_importance_samples": 10, "memory_budget_mb": None}, seed=3) == EvaluationSettings(
+        n_importance_samples=10, seed=3
+    )
+    assert EvaluationSettings.from_config({"seed": 1}, seed=2).seed == 2
+    with pytest.raises(ConfigError) as error:
+        EvaluationSettings.from_config({"zeta": 1, "bogus": None, "seed": 0}, extra=2)
+    assert str(error.value) == (
+        "unknown evaluation setting(s) extra, zeta; known: active_unit_threshold, images_per_batch, memory_budget_mb, "
+        "n_importance_samples, n_test_images, samples_per_chunk, seed."
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"n_importance_samples": 0}, "n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
+         "5000 is the standard of Burda et al. 2016)."),
+        ({"memory_budget_mb": 0}, "memory_budget_mb=0 must be > 0 (megabytes per chunk)."),
+        ({"n_test_images": 0}, "n_test_images=0 must be at least 1, or null."),
+        ({"images_per_batch": 0}, "images_per_batch=0 must be at least 1, or null."),
+        ({"samples_per_chunk": -1}, "samples_per_chunk=-1 must be at least 1, or null."),
+    ],
+)
+def test_evaluation_settings_refuse_bad_values_naming_them(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        EvaluationSettings(**settings)
+    assert str(error.value) == message
+
+
+def test_evaluation_settings_accept_the_smallest_values() -> None:
+    settings = EvaluationSettings(n_importance_samples=1, memory_budget_mb=0.5, n_test_images=1, images_per_batch=1, samples_per_chunk=1)
+    assert (settings.n_importance_samples, settings.n_test_images, settings.images_per_batch, settings.samples_per_chunk) == (1, 1, 1, 1)
+
+
+def test_progress_printer_prints_each_tenth_and_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+    printer = ProgressPrinter()
+    assert printer.printed == 0
+    for done in (5, 10, 15, 19, 20, 35, 99, 100):
+        printer(done, 100)
+    assert capsys.readouterr().err.splitlines() == [
+        f"vae_lab.evaluate: {done}/100 test images" for done in (10, 20, 35, 99, 100)
+    ]
+
+
+def test_automatic_budget_is_per_cpu_thread_or_a_gpus_share() -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert automatic_budget_mb(torch.device("cpu")) == 32
+    finally:
+        torch.set_num_threads(threads)
+    assert automatic_budget_mb(torch.device("cuda")) == 2048
+
+
+def test_active_units_need_more_than_the_threshold() -> None:
+    means = torch.tensor([[0.0, 1.0, 0.0], [0.2, -1.0, 0.0], [0.4, 0.0, 0.0]])
+    _, activity = active_units(means)
+    torch.testing.assert_close(activity, torch.tensor([0.04, 1.0, 0.0], dtype=torch.float64))  # sample variances
+    count, _ = active_units(means, threshold=float(activity[0]))  # unit 0 sits exactly at the threshold
+    assert activity.dtype == torch.float64 and count == 1
+    assert active_units(means)[0] == 2
+
+
+def test_log_metrics_to_a_csv_logger_writes_the_kl_per_dimension_as_scalars(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="", version="")
+    log_metrics(logger, {"test/nll_is": 91.5, "test/kl_per_dim": [0.25] * 9 + [4.0, 1.5]}, step=7)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 1
+    row = {key: float(value) for key, value in rows[0].items()}
+    assert row == {"step": 7.0, "test/nll_is": 91.5, **{f"test/kl_per_dim/{j:02d}": 0.25 for j in range(9)},
+                   "test/kl_per_dim/09": 4.0, "test/kl_per_dim/10": 1.5}
+
+
+# ---------------------------------------------------------------- priors
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal  # noqa: E402
+
+from vae_lab.data.base import ImageDataModule  # noqa: E402
+from vae_lab.networks import MLPEncoder  # noqa: E402
+from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior  # noqa: E402
+from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob  # noqa: E402
+from vae_lab.priors.vamp import EDGE  # noqa: E402
+
+
+class SyntheticImages(ImageDataModule):
+    """A real data module over 40 training and 12 test images of 2x3 grey pixels made in memory
+    (the data-module logic, splits and served forms included, without reading a data set)."""
+
+    image_shape = (1, 2, 3)
+    name = "synthetic images"
+
+    def expected_files(self) -> list[Path]:
+        return []
+
+    def how_to_get(self) -> str:
+        return "They are made in memory."
+
+    def load_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(11)
+        images = torch.randint(0, 256, (52, *self.image_shape), generator=generator, dtype=torch.uint8)
+        return images[:40], images[40:]
+
+
+def synthetic_images(data_form: str = "continuous", seed: int = 3) -> SyntheticImages:
+    return SyntheticImages(root=".", data_form=data_form, batch_size=4, eval_batch_size=8, val_size=10, seed=seed)
+
+
+def test_diagonal_gaussian_mixture_log_prob_keeps_any_batch_shape() -> None:
+    generator = torch.Generator().manual_seed(0)
+    loc = torch.randn(5, 2, generator=generator)
+    scale = torch.rand(5, 2, generator=generator) + 0.5
+    log_weights = torch.log_softmax(torch.randn(5, generator=generator), dim=0)
+    z = torch.randn(4, 3, 2, generator=generator)  # [L, B, D] with L, B and D all different
+    expected = MixtureSameFamily(Categorical(logits=log_weights), Independent(Normal(loc, scale), 1)).log_prob(z)
+    value = diagonal_gaussian_mixture_log_prob(z, loc, scale, log_weights)
+    assert value.shape == (4, 3) and value.dtype == z.dtype
+    torch.testing.assert_close(value, expected)
+
+
+def test_mixture_of_gaussians_defaults_are_the_documented_ones() -> None:
+    torch.manual_seed(5)
+    prior = MixtureOfGaussiansPrior(latent_dim=3)
+    torch.manual_seed(5)
+    expected_means = 0.1 * torch.randn(10, 3)
+    assert prior.latent_dim == 3 and prior.n_components == 10
+    torch.testing.assert_close(prior.means.detach(), expected_means)
+    torch.testing.assert_close(prior.log_scales.detach(), torch.zeros(10, 3))
+    assert isinstance(prior.logits, torch.nn.Parameter) and bool((prior.logits == 0).all())
+    fixed = MixtureOfGaussiansPrior(latent_dim=2, n_components=1, learn_weights=False)
+    assert fixed.n_components == 1 and fixed.means.shape == (1, 2)
+    assert [name for name, _ in fixed.named_parameters()] == ["means", "log_scales"]
+    assert dict(fixed.named_buffers()).keys() == {"logits"}
+    torch.testing.assert_close(fixed.logits, torch.zeros(1))
+    with pytest.raises(ConfigError) as error:
+        MixtureOfGaussiansPrior(latent_dim=2, n_components=0)
+    assert str(error.value) == "prior.n_components=0 must be at least 1 (mixture components)."
+
+
+def test_mixture_of_gaussians_samples_pick_a_component_then_its_gaussian() -> None:
+    prior = MixtureOfGaussiansPrior(latent_dim=2, n_components=2)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-5.0, 0.0], [5.0, 0.0]]))
+        prior.log_scales.fill_(math.log(0.1))
+        prior.logits.copy_(torch.tensor([0.0, math.log(3.0)]))  # weights 1/4, 3/4
+    torch.manual_seed(0)
+    z = prior.sample(4000)
+    assert z.shape == (4000, 2)
+    assert float((z[:, 0] > 0).float().mean()) == pytest.approx(0.75, abs=0.03)
+    assert float(z[:, 1].std()) == pytest.approx(0.1, rel=0.1)
+
+
+def test_standard_normal_prior_samples_n_draws_of_n01() -> None:
+    torch.manual_seed(0)
+    z = StandardNormalPrior(3).sample(20_000)
+    assert z.shape == (20_000, 3)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=0.03, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(3), atol=0.03, rtol=0)
+
+
+def vamp_encoder() -> MLPEncoder:
+    torch.manual_seed(0)
+    return MLPEncoder((1, 2, 3), 2, hidden_sizes=[])
+
+
+def test_vamp_prior_random_init_is_the_papers() -> None:
+    encoder = vamp_encoder()
+    torch.manual_seed(1)
+    prior = VampPrior(latent_dim=2, encoder=encoder, image_shape=(1, 2, 3), init="random")
+    torch.manual_seed(1)
+    expected = (0.05 + 0.01 * torch.randn(500, 1, 2, 3)).clamp(EDGE, 1 - EDGE)
+    assert prior.latent_dim == 2 and prior.n_pseudo_inputs == 500 and prior.encoder is encoder
+    torch.testing.assert_close(prior.pseudo_inputs().detach(), expected)
+    shaped_by_data = VampPrior(latent_dim=2, encoder=encoder, datamodule=synthetic_images(), n_pseudo_inputs=1, init="random")
+    assert shaped_by_data.pseudo_inputs().shape == (1, 1, 2, 3)
+
+
+def test_vamp_prior_data_init_takes_training_images_drawn_with_the_data_seed() -> None:
+    datamodule = synthetic_images(seed=3)
+    prior = VampPrior(latent_dim=2, encoder=vamp_encoder(), datamodule=datamodule, n_pseudo_inputs=30)  # all 30
+    expected = datamodule.example_images("train", 30, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(prior.pseudo_inputs().detach(), expected.clamp(EDGE, 1 - EDGE))
+    discrete = synthetic_images("discrete")
+    eight_bit = VampPrior(latent_dim=2, encoder=vamp_encoder(), datamodule=discrete, n_pseudo_inputs=4)
+    served = discrete.example_images("train", 4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(eight_bit.pseudo_inputs().detach(), (served / 255).clamp(EDGE, 1 - EDGE))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"datamodule": "synthetic"}, "prior.n_pseudo_inputs=500 is more than the 30 training images to initialise them "
+         "from; use prior.n_pseudo_inputs<=30 or prior.init=random."),
+        ({"datamodule": "synthetic", "n_pseudo_inputs": 31}, "prior.n_pseudo_inputs=31 is more than the 30 training "
+         "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random."),
+        ({"image_shape": (1, 2, 3), "n_pseudo_inputs": 0}, "prior.n_pseudo_inputs=0 must be at least 1."),
+        ({"image_shape": (1, 2, 3), "init": "zeros"}, "prior.init='zeros' is unknown; use one of data, random."),
+        ({}, "VampPrior needs the data module (or image_shape) to shape its pseudo-inputs."),
+        ({"image_shape": (1, 2, 3)}, "prior.init=data needs the data module; use prior.init=random without one."),
+    ],
+)
+def test_vamp_prior_refuses_what_cannot_work(arguments: dict, message: str) -> None:
+    if arguments.get("datamodule") == "synthetic":
+        arguments = {**arguments, "datamodule": synthetic_images()}
+    with pytest.raises(ConfigError) as error:
+        VampPrior(latent_dim=2, encoder=vamp_encoder(), **arguments)
+    assert str(error.value) == message
+
+
+def test_vamp_prior_one_pseudo_input_is_allowed() -> None:
+    prior = VampPrior(latent_dim=2, encoder=vamp_encoder(), image_shape=(1, 2, 3), n_pseudo_inputs=1, init="random")
+    z = torch.randn(3, 2)
+    posterior = prior.encoder(prior.pseudo_inputs()).base_dist
+    torch.testing.assert_close(prior.log_prob(z), Independent(Normal(posterior.loc[0], posterior.scale[0]), 1).log_prob(z))
