@@ -10,7 +10,23 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from vae_lab.data.base import ImageDataModule
+from vae_lab.errors import ConfigError
+from vae_lab.evaluation import (
+    EvaluationResult,
+    EvaluationSettings,
+    ProgressPrinter,
+    active_units,
+    automatic_budget_mb,
+    log_metrics,
+)
+from vae_lab.networks import MLPEncoder
+from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
+from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob
+from vae_lab.priors.vamp import EDGE
 from vae_lab.report.jobs import Job as ReportJob
 from vae_lab.report.table import (
     Statistic,
@@ -115,18 +131,7 @@ def test_statistic_of_values() -> None:
 
 
 # ---------------------------------------------------------------- evaluation
-import torch  # noqa: E402
 
-from vae_lab.errors import ConfigError  # noqa: E402
-from vae_lab.evaluation import (  # noqa: E402
-    EvaluationResult,
-    EvaluationSettings,
-    ProgressPrinter,
-    active_units,
-    automatic_budget_mb,
-    evaluate,
-    log_metrics,
-)
 
 
 def evaluation_result(kl_per_dim: list[float] | None = (0.5, 2.25)) -> EvaluationResult:
@@ -152,18 +157,7 @@ def test_evaluation_metrics_and_details_name_every_figure() -> None:
 
 
 def test_evaluation_table_lists_every_figure_aligned() -> None:
-    assert evaluation_result().table([("checkpoint", "best.ckpt")]) == "\n".join([
-        "-log p(x), IS (test/nll_is)  91.250 nats",
-        "bits/dim, IS (test/bpd_is)   0.1679",
-        "ELBO, same samples           -97.500 nats",
-        "bits/dim, ELBO               0.1794",
-        "active units (Cov > 0.01)    3 / 4",
-        "KL per dimension             sum 2.75, max 2.25 nats over 4 dims",
-        "k, test images, seed         500, 200, 7",
-        "batch x chunk                100 images x 250 samples",
-        "time                         12.5 s",
-        "checkpoint                   best.ckpt",
-    ])
+    assert evaluation_result().table([("checkpoint", "best.ckpt")]) == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s\ncheckpoint                   best.ckpt"
     assert "KL per dimension             n/a (the prior's KL does not split by dimension)" in evaluation_result(None).table()
 
 
@@ -183,8 +177,8 @@ def test_evaluation_settings_from_a_config() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"n_importance_samples": 0}, "n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
-         "5000 is the standard of Burda et al. 2016)."),
+        ({"n_importance_samples": 0}, ("n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
+         "5000 is the standard of Burda et al. 2016).")),
         ({"memory_budget_mb": 0}, "memory_budget_mb=0 must be > 0 (megabytes per chunk)."),
         ({"n_test_images": 0}, "n_test_images=0 must be at least 1, or null."),
         ({"images_per_batch": 0}, "images_per_batch=0 must be at least 1, or null."),
@@ -244,13 +238,6 @@ def test_log_metrics_to_a_csv_logger_writes_the_kl_per_dimension_as_scalars(tmp_
 
 
 # ---------------------------------------------------------------- priors
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal  # noqa: E402
-
-from vae_lab.data.base import ImageDataModule  # noqa: E402
-from vae_lab.networks import MLPEncoder  # noqa: E402
-from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior  # noqa: E402
-from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob  # noqa: E402
-from vae_lab.priors.vamp import EDGE  # noqa: E402
 
 
 class SyntheticImages(ImageDataModule):
@@ -359,10 +346,10 @@ def test_vamp_prior_data_init_takes_training_images_drawn_with_the_data_seed() -
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"datamodule": "synthetic"}, "prior.n_pseudo_inputs=500 is more than the 30 training images to initialise them "
-         "from; use prior.n_pseudo_inputs<=30 or prior.init=random."),
-        ({"datamodule": "synthetic", "n_pseudo_inputs": 31}, "prior.n_pseudo_inputs=31 is more than the 30 training "
-         "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random."),
+        ({"datamodule": "synthetic"}, ("prior.n_pseudo_inputs=500 is more than the 30 training images to initialise them "
+         "from; use prior.n_pseudo_inputs<=30 or prior.init=random.")),
+        ({"datamodule": "synthetic", "n_pseudo_inputs": 31}, ("prior.n_pseudo_inputs=31 is more than the 30 training "
+         "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random.")),
         ({"image_shape": (1, 2, 3), "n_pseudo_inputs": 0}, "prior.n_pseudo_inputs=0 must be at least 1."),
         ({"image_shape": (1, 2, 3), "init": "zeros"}, "prior.init='zeros' is unknown; use one of data, random."),
         ({}, "VampPrior needs the data module (or image_shape) to shape its pseudo-inputs."),
