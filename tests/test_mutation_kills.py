@@ -15,6 +15,9 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from vae_lab.data.base import ImageDataModule
 from vae_lab.errors import ConfigError
+from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
+from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
+from vae_lab.objectives.schedules import linear_ramp
 from vae_lab.evaluation import (
     EvaluationResult,
     EvaluationSettings,
@@ -369,3 +372,57 @@ def test_vamp_prior_one_pseudo_input_is_allowed() -> None:
     z = torch.randn(3, 2)
     posterior = prior.encoder(prior.pseudo_inputs()).base_dist
     torch.testing.assert_close(prior.log_prob(z), Independent(Normal(posterior.loc[0], posterior.scale[0]), 1).log_prob(z))
+
+
+# ---------------------------------------------------------------- likelihoods and schedules
+CB_LOGITS = torch.tensor([-30.0, -2.0, -0.5, 0.0, 0.5, 2.0, 30.0], dtype=torch.float64)
+
+
+def test_continuous_bernoulli_cdf_is_the_closed_form_and_a_cdf_outside_0_1() -> None:
+    """F(x) = (e^(eta x) - 1) / (e^eta - 1) on [0, 1] (x itself at eta = 0), 0 below and 1 above."""
+    x = torch.tensor([-0.5, 0.0, 0.3, 0.7, 1.0, 1.5], dtype=torch.float64)
+    eta = CB_LOGITS[:, None]
+    inside = x.clamp(0, 1)
+    expected = torch.where(eta == 0, inside, torch.expm1(eta * inside) / torch.expm1(torch.where(eta == 0, 1.0, eta)))
+    cdf = StableContinuousBernoulli(logits=eta.expand(-1, 6), validate_args=False).cdf(x.expand(7, -1))
+    torch.testing.assert_close(cdf, expected, rtol=1e-12, atol=1e-14)
+    assert bool((cdf[:, 0] == 0).all()) and bool((cdf[:, -1] == 1).all())
+
+
+def test_continuous_bernoulli_icdf_inverts_the_cdf_and_stays_in_0_1() -> None:
+    u = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    eta = torch.cat([torch.linspace(-60, 60, 241, dtype=torch.float64), torch.tensor([5e-7, -5e-7], dtype=torch.float64)])
+    distribution = StableContinuousBernoulli(logits=eta[:, None].expand(-1, 5), validate_args=False)
+    x = distribution.icdf(u.expand(eta.shape[0], -1))
+    # The formulas alone leave [0, 1] by rounding at u = 0 (eta > 0) and u = 1 (eta < 0): the clamp keeps x in it.
+    assert bool(((x >= 0) & (x <= 1)).all())
+    torch.testing.assert_close(distribution.cdf(x)[:, 1:-1], u[1:-1].expand(eta.shape[0], -1), rtol=0, atol=1e-9)
+    # |eta| < 1e-6: u + eta u (1 - u) / 2, the expansion of log1p(u expm1(eta)) / eta.
+    tiny = torch.tensor([5e-7, -5e-7], dtype=torch.float64)[:, None]
+    exact = torch.log1p(u * torch.expm1(tiny)) / tiny
+    torch.testing.assert_close(x[-2:], exact, rtol=0, atol=1e-13)
+    torch.testing.assert_close(x[-2:], u + tiny * u * (1 - u) / 2, rtol=0, atol=1e-15)
+
+
+def test_location_scale_defaults_and_gaussian_sigma() -> None:
+    output = torch.randn(2, 2, 3, 4)
+    assert float(LaplaceLikelihood(channels=1, scale="fixed").pixel_scale(output)) == pytest.approx(0.1)
+    fixed = GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.25)
+    assert float(fixed.sigma(output)) == pytest.approx(0.25)
+    per_pixel = GaussianLikelihood(channels=1, variance="per_pixel", min_sigma=0.01)
+    torch.testing.assert_close(per_pixel.sigma(output), 0.01 + torch.nn.functional.softplus(output[:, 1:]))
+
+
+def test_discretized_logistic_settings() -> None:
+    likelihood = DiscretizedLogisticLikelihood(channels=3, n_components=2)
+    assert likelihood.channels == 3 and likelihood.parameters_per_channel == 6
+    with pytest.raises(ConfigError) as error:
+        DiscretizedLogisticLikelihood(channels=1, n_components=0)
+    assert str(error.value) == "likelihood.n_components=0 must be at least 1."
+
+
+def test_linear_ramp_over_any_positive_duration() -> None:
+    assert linear_ramp(0.0, 1.0, end=5.0) == 0.0
+    assert linear_ramp(0.5, 1.0, end=4.0, start=2.0) == 3.0
+    assert linear_ramp(2.0, 1.0, end=4.0) == 4.0
+    assert linear_ramp(0.0, 0.0, end=4.0) == 4.0
