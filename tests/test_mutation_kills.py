@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -15,18 +16,20 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from vae_lab.data.base import ImageDataModule
 from vae_lab.errors import ConfigError
-from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
-from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
-from vae_lab.objectives.schedules import linear_ramp
 from vae_lab.evaluation import (
     EvaluationResult,
     EvaluationSettings,
     ProgressPrinter,
     active_units,
     automatic_budget_mb,
+    evaluate,
+    evaluate_at_end_of_training,
     log_metrics,
 )
+from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
+from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
 from vae_lab.networks import MLPEncoder
+from vae_lab.objectives.schedules import linear_ramp
 from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob
 from vae_lab.priors.vamp import EDGE
@@ -426,3 +429,78 @@ def test_linear_ramp_over_any_positive_duration() -> None:
     assert linear_ramp(0.5, 1.0, end=4.0, start=2.0) == 3.0
     assert linear_ramp(2.0, 1.0, end=4.0) == 4.0
     assert linear_ramp(0.0, 0.0, end=4.0) == 4.0
+
+
+# ---------------------------------------------------------------- the end-of-training evaluation
+class SyntheticVectors(SyntheticImages):
+    """The synthetic data module with 1x1x3 images, the shape of the probabilistic-PCA model."""
+
+    image_shape = (1, 1, 3)
+
+
+def ppca_model_and_data():
+    from test_evaluation import linear_gaussian_vae
+
+    datamodule = SyntheticVectors(root=".", data_form="continuous", batch_size=4, eval_batch_size=8, val_size=10, seed=0)
+    return linear_gaussian_vae().float(), datamodule
+
+
+def test_end_of_training_evaluation_uses_the_eval_settings_and_logs_at_the_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    model, datamodule = ppca_model_and_data()
+    logger = CSVLogger(tmp_path, name="", version="")
+    cfg = {"eval": {"n_importance_samples": 50, "images_per_batch": 4, "memory_budget_mb": None}, "seed": 9}
+    metrics = evaluate_at_end_of_training(cfg, model, datamodule, loggers=[logger], step=3)
+    datamodule.setup("test")
+    expected = evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=50, images_per_batch=4, seed=9))
+    assert metrics == expected.metrics()
+    assert "test/kl_per_dim" in metrics and len(metrics["test/kl_per_dim"]) == 2
+    output = capsys.readouterr()
+    assert expected.table().splitlines()[0] in output.out and "k, test images, seed         50, 12, 9" in output.out
+    assert output.err.splitlines()[-1] == "vae_lab.evaluate: 12/12 test images"
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["step"] == "3"
+    assert float(rows[0]["test/nll_is"]) == pytest.approx(metrics["test/nll_is"])
+    assert float(rows[0]["test/kl_per_dim/1"]) == pytest.approx(metrics["test/kl_per_dim"][1])
+
+
+def test_end_of_training_evaluation_seed_defaults_and_skip(tmp_path: Path) -> None:
+    model, datamodule = ppca_model_and_data()
+    datamodule.setup("test")
+    images = datamodule.splits["test"]
+    own_seed = evaluate_at_end_of_training({"eval": {"n_importance_samples": 20, "seed": 4}, "seed": 9}, model, datamodule)
+    assert own_seed == evaluate(model, images, EvaluationSettings(n_importance_samples=20, seed=4)).metrics()
+    defaults = evaluate_at_end_of_training({"seed": 2}, model, datamodule)  # no eval block: k = 5000, the run's seed
+    assert defaults == evaluate(model, images, EvaluationSettings(seed=2)).metrics()
+    assert evaluate_at_end_of_training({"eval": {"n_importance_samples": 0}, "seed": 2}, model, datamodule) == {}
+
+
+def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_lab.wandb_failsafe import FailSafeWandbLogger
+    from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+
+    monkeypatch.chdir(tmp_path)
+    logger = FailSafeWandbLogger(project="kill-tests", save_dir=str(tmp_path), offline=True)
+    metrics = {"test/nll_is": 91.5, "test/active_units": 3, "test/kl_per_dim": [0.5, 2.0]}
+    log_metrics(logger, metrics, step=0)
+    logger.finish()
+    import wandb
+
+    wandb.teardown()  # wandb.finish returns before the service has written the run file; teardown waits for it
+    assert not logger.failed
+    run_dir = find_offline_runs(tmp_path)[0]
+    run = read_offline_run(run_dir)
+    assert len(run.history) == 1
+    row = run.history[0]
+    assert {key: row[key] for key in ("test/nll_is", "test/active_units", "test/kl_per_dim/0", "test/kl_per_dim/1")} == {
+        "test/nll_is": 91.5, "test/active_units": 3, "test/kl_per_dim/0": 0.5, "test/kl_per_dim/1": 2.0,
+    }
+    assert "test/kl_per_dim" not in row  # the list goes to the summary, and as a chart
+    table = row["test/kl_per_dim_chart_table"]
+    assert (table["nrows"], table["ncols"]) == (2, 2)
+    assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
+    assert b"KL per latent dimension (nats)" in next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert {key: run.summary[key] for key in metrics} == metrics
