@@ -22,9 +22,13 @@ from vae_lab.evaluation import (
     ProgressPrinter,
     active_units,
     automatic_budget_mb,
+    decoded_values_per_sample,
+    draw_latents,
     evaluate,
     evaluate_at_end_of_training,
+    importance_sampled_terms,
     log_metrics,
+    plan_chunks,
 )
 from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
 from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
@@ -504,3 +508,98 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
     assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
     assert b"KL per latent dimension (nats)" in next(run_dir.glob("run-*.wandb")).read_bytes()
     assert {key: run.summary[key] for key in metrics} == metrics
+
+
+# ---------------------------------------------------------------- the evaluation loop, chunk plans, latent draws
+def small_vae():
+    """An MLP VAE on 1x1x3 images: decoder 2 -> 4 (tanh) -> 3, so 4 + 4 + 3 leaf outputs per z."""
+    from vae_lab.module import VAE
+    from vae_lab.networks import MLPDecoder
+    from vae_lab.objectives import ELBO
+
+    torch.manual_seed(0)
+    return VAE(
+        encoder=MLPEncoder((1, 1, 3), 2, hidden_sizes=[4]), decoder=MLPDecoder((1, 1, 3), 2, out_channels=1, hidden_sizes=[4]),
+        likelihood=GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.5), prior=StandardNormalPrior(2),
+        objective=ELBO(), optimizer=lambda parameters: torch.optim.Adam(parameters), image_shape=(1, 1, 3),
+    )
+
+
+def test_decoded_values_count_every_leaf_output_and_the_output() -> None:
+    assert decoded_values_per_sample(small_vae()) == (4 + 4 + 3 + 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("budget_mb", "k", "n_images", "plan"),
+    [(0.01, 30, 20, (16, 2)), (0.01, 2, 100, (38, 1)), (0.001, 2, 20, (16, 1)), (1.0, 1000, 40, (16, 334)), (1.0, 100, 100, (77, 50))],
+)
+def test_chunk_plan_is_the_documented_arithmetic(budget_mb: float, k: int, n_images: int, plan: tuple[int, int]) -> None:
+    """bytes per (sample, image) = 4 bytes x (14 decoder values + 4 x 3 outputs + 4 x 2 latents) = 136;
+    B = max(16, budget // 136 // k) images; S = (budget / B - 3 x 4 x k) // 136 samples, then equal chunks."""
+    result = plan_chunks(small_vae(), n_images, EvaluationSettings(n_importance_samples=k, memory_budget_mb=budget_mb))
+    assert (result.images_per_batch, result.samples_per_chunk, result.bytes_per_sample) == (*plan, 136)
+    assert isinstance(result.images_per_batch, int)
+
+
+def test_evaluate_sums_every_batch_and_reports_its_settings() -> None:
+    """8 images in batches of 3, 3, 2: the totals of every batch, the progress after each, the
+    analytic KL per dimension averaged over the images, bits/dim of a density (+8)."""
+    model = small_vae().train()
+    x = torch.rand(8, 1, 1, 3)
+    calls = []
+    settings = EvaluationSettings(n_importance_samples=12, seed=5, images_per_batch=3, samples_per_chunk=5, active_unit_threshold=0.5)
+    result = evaluate(model, x, settings, progress=lambda done, total: calls.append((done, total)))
+    assert model.training and calls == [(3, 8), (6, 8), (8, 8)]
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        batches = [importance_sampled_terms(model, x[i : i + 3], 12, 4, generator)[0] for i in (0, 3, 6)]
+        posterior = model.posterior(x)
+    log_likelihood = sum(float(t.importance_weighted_bound().double().sum()) for t in batches) / 8
+    elbo = sum(float(t.elbo.double().sum()) for t in batches) / 8
+    assert result.log_likelihood == pytest.approx(log_likelihood, abs=1e-9)
+    assert result.elbo == pytest.approx(elbo, abs=1e-9)
+    assert result.bpd_importance_sampled == pytest.approx(-log_likelihood / (3 * math.log(2)) + 8)
+    assert result.bpd_elbo == pytest.approx(-elbo / (3 * math.log(2)) + 8)
+    kl_per_dim = torch.distributions.kl_divergence(posterior.base_dist, Normal(0.0, 1.0)).mean(0)
+    assert result.kl_per_dim == pytest.approx(kl_per_dim.tolist(), abs=1e-6)
+    activity = posterior.mean.double().var(0)
+    assert result.unit_activity == pytest.approx(activity.tolist())
+    assert result.active_units == int((activity > 0.5).sum()) and result.active_unit_threshold == 0.5
+    assert (result.n_importance_samples, result.n_images, result.seed, result.latent_dim) == (12, 8, 5, 2)
+    assert (result.images_per_batch, result.samples_per_chunk) == (3, 4)  # 12 samples in 3 equal chunks of 4
+    assert result.seconds >= 0
+
+
+def test_evaluate_takes_the_first_n_test_images_and_refuses_more_than_there_are() -> None:
+    model, x = small_vae(), torch.rand(6, 1, 1, 3)
+    first = evaluate(model, x, EvaluationSettings(n_importance_samples=4, n_test_images=4))
+    assert first.n_images == 4
+    assert first.log_likelihood == evaluate(model, x[:4], EvaluationSettings(n_importance_samples=4)).log_likelihood
+    assert evaluate(model, x, EvaluationSettings(n_importance_samples=4, n_test_images=6)).n_images == 6
+    with pytest.raises(ConfigError) as error:
+        evaluate(model, x, EvaluationSettings(n_importance_samples=4, n_test_images=7))
+    assert str(error.value) == "n_test_images=7 but the test set has 6 images; use a smaller number, or null for all."
+
+
+def test_latents_of_a_gaussian_posterior_are_loc_plus_scale_times_the_generators_noise() -> None:
+    loc = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    scale = torch.tensor([[2.0, 0.1]], dtype=torch.float64)
+    for posterior in (Independent(Normal(loc, scale), 1), Normal(loc, scale)):
+        z = draw_latents(posterior, 3, torch.Generator().manual_seed(4))
+        noise = torch.randn((3, 1, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        assert z.dtype == torch.float64
+        torch.testing.assert_close(z, loc + scale * noise, rtol=0, atol=0)
+
+
+def test_latents_of_any_other_posterior_come_from_a_seed_drawn_from_the_generator() -> None:
+    from torch.distributions import Laplace
+
+    posterior = Independent(Laplace(torch.zeros(1, 2), torch.ones(1, 2)), 1)
+    torch.manual_seed(123)
+    z = draw_latents(posterior, 5, torch.Generator().manual_seed(4))
+    after = torch.randn(1)
+    seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(4)))
+    torch.manual_seed(seed)
+    torch.testing.assert_close(z, posterior.sample((5,)), rtol=0, atol=0)
+    torch.manual_seed(123)
+    torch.testing.assert_close(after, torch.randn(1))  # the global stream is left as it was
