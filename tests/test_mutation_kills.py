@@ -31,9 +31,10 @@ from vae_lab.evaluation import (
     plan_chunks,
 )
 from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
-from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
+from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli, log_mean_of_exponential_decay
 from vae_lab.networks import MLPEncoder
-from vae_lab.objectives.schedules import linear_ramp
+from vae_lab.objectives import ELBO, IWAE, ELBOTerms
+from vae_lab.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
 from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob
 from vae_lab.priors.vamp import EDGE
@@ -603,3 +604,99 @@ def test_latents_of_any_other_posterior_come_from_a_seed_drawn_from_the_generato
     torch.testing.assert_close(z, posterior.sample((5,)), rtol=0, atol=0)
     torch.manual_seed(123)
     torch.testing.assert_close(after, torch.randn(1))  # the global stream is left as it was
+
+
+# ---------------------------------------------------------------- objectives
+def elbo_terms(kl: float = 2.0, kl_per_dim: torch.Tensor | None = None) -> ELBOTerms:
+    return ELBOTerms(
+        log_likelihood=torch.tensor([[-10.0, -20.0]]), log_prior=torch.zeros(1, 2), log_posterior=torch.zeros(1, 2),
+        kl=torch.full((2,), kl), kl_per_dim=kl_per_dim,
+    )
+
+
+def test_elbo_warm_up_by_epochs_weighs_the_kl_by_the_epoch() -> None:
+    objective = ELBO(warmup={"epochs": 4})
+    assert float(objective.kl_penalty(elbo_terms(), step=1000, epoch=2)) == pytest.approx(1.0)  # 2 nats x 2/4
+    assert float(objective.loss(elbo_terms(), step=1000, epoch=1)) == pytest.approx(15.0 + 0.5)
+    assert objective.logged_values(1000, 3) == {"kl_weight": 0.75}
+
+
+def test_capacity_settings_are_checked_with_clear_messages() -> None:
+    assert ELBO(capacity={"max": 5.0, "steps": 10, "gamma": 0}).capacity_gamma == 0.0
+    assert ELBO(capacity={"max": 5.0, "steps": 10, "gamma": 0.5}).capacity_gamma == 0.5
+    with pytest.raises(ConfigError) as error:
+        ELBO(capacity={"max": 5.0, "steps": 10, "gamma": -1})
+    assert str(error.value) == "objective.capacity.gamma=-1.0 must be >= 0."
+    with pytest.raises(ConfigError) as error:
+        ELBO(capacity={"max": 5.0, "steps": 10}, warmup={"steps": 3}, free_bits=0.5, kl_weight=2.0)
+    assert str(error.value) == (
+        "objective.capacity replaces the KL weight by gamma * |KL - C|, so it does not combine with objective.warmup, "
+        "objective.free_bits, objective.kl_weight=2.0. Use one KL schedule at a time (capacity.gamma sets the weight)."
+    )
+    with pytest.raises(ConfigError) as error:
+        ELBO(free_bits=0.5).kl_penalty(elbo_terms(), step=0, epoch=0)
+    assert str(error.value) == (
+        "objective.free_bits needs the KL of each latent dimension, which this prior does not give; "
+        "use prior=standard, or objective.capacity instead of free bits."
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: KLWarmup(steps=-1), "objective.warmup.steps=-1 must be a whole number >= 0 (or null for none)."),
+        (lambda: KLWarmup(epochs=True), "objective.warmup.epochs=True must be a whole number >= 0 (or null for none)."),
+        (lambda: KLWarmup(steps=1.5), "objective.warmup.steps=1.5 must be a whole number >= 0 (or null for none)."),
+        (lambda: KLWarmup(steps=3, epochs=2), "objective.warmup.steps and objective.warmup.epochs are both set; set one "
+         "(the other null)."),
+        (lambda: CapacitySchedule(max=-1.0, steps=3), "objective.capacity.max=-1.0 must be >= 0 nats."),
+        (lambda: CapacitySchedule(max=1.0, steps=-2), "objective.capacity.steps=-2 must be a whole number >= 0 (or null "
+         "for none)."),
+    ],
+)
+def test_schedules_refuse_bad_settings_naming_them(make, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        make()
+    assert str(error.value) == message
+
+
+def test_schedules_accept_zero() -> None:
+    assert KLWarmup(steps=0).factor(0, 0) == 1.0
+    assert KLWarmup(epochs=0).factor(0, 0) == 1.0
+    assert KLWarmup(steps=None, epochs=None).enabled is False
+    assert CapacitySchedule(max=0.0, steps=0)(5) == 0.0
+    assert CapacitySchedule(max=0.5, steps=4)(2) == 0.25
+
+
+def test_iwae_defaults_and_logged_k() -> None:
+    assert IWAE().k == 5 and IWAE().n_samples == 5
+    assert IWAE(k=7).logged_values(3, 1) == {"k": 7.0}
+
+
+# ---------------------------------------------------------------- likelihood settings and the CB normalizer
+def test_log_mean_of_exponential_decay_meets_its_documented_error_bound() -> None:
+    """log((1 - e^-r) / r): the series below 0.1 is within r^6 / 181440 of the exact value; at 0.1 and
+    above, the exact form."""
+    rate = torch.tensor([0.0, 1e-4, 0.05, 0.0999, 0.1, 0.5, 3.0], dtype=torch.float64)
+    safe = torch.where(rate == 0, torch.ones_like(rate), rate)
+    exact = torch.where(rate == 0, torch.zeros_like(rate), torch.log(-torch.expm1(-safe)) - torch.log(safe))
+    value = log_mean_of_exponential_decay(rate)
+    assert bool(((value - exact).abs() <= rate**6 / 181440 + 1e-15).all()), (value - exact).tolist()
+    torch.testing.assert_close(value[4:], exact[4:], rtol=0, atol=1e-15)
+
+
+def test_location_scale_settings_defaults_and_start() -> None:
+    gaussian = GaussianLikelihood(channels=3)
+    assert (gaussian.channels, gaussian.mode, gaussian.min_scale) == (3, "per_channel", 1e-3)
+    assert GaussianLikelihood(channels=1, variance="fixed").fixed_scale == 0.1
+    start = lambda floor: float(GaussianLikelihood(channels=1, min_sigma=floor).pixel_scale(torch.zeros(1, 1, 1, 1)))
+    assert start(1e-3) == pytest.approx(0.1) and start(0.04) == pytest.approx(0.1)
+    assert start(0.05) == pytest.approx(0.1) and start(0.2) == pytest.approx(0.4)  # a floor above 0.05: twice the floor
+    fixed = GaussianLikelihood(channels=1, variance="fixed").pixel_scale(torch.zeros(1, 1, 1, 1, dtype=torch.float64))
+    assert fixed.dtype == torch.float64 and float(fixed) == 0.1
+    with pytest.raises(ConfigError) as error:
+        GaussianLikelihood(channels=1, variance="bogus")
+    assert str(error.value) == "likelihood.variance='bogus' is not a scale mode; use one of fixed, per_channel, per_pixel."
+    with pytest.raises(ConfigError) as error:
+        GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0)
+    assert str(error.value) == "likelihood.fixed_sigma=0 and likelihood.min_sigma=0.001 must both be > 0."
