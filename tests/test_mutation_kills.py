@@ -647,11 +647,11 @@ def test_capacity_settings_are_checked_with_clear_messages() -> None:
         (lambda: KLWarmup(steps=-1), "objective.warmup.steps=-1 must be a whole number >= 0 (or null for none)."),
         (lambda: KLWarmup(epochs=True), "objective.warmup.epochs=True must be a whole number >= 0 (or null for none)."),
         (lambda: KLWarmup(steps=1.5), "objective.warmup.steps=1.5 must be a whole number >= 0 (or null for none)."),
-        (lambda: KLWarmup(steps=3, epochs=2), "objective.warmup.steps and objective.warmup.epochs are both set; set one "
-         "(the other null)."),
+        (lambda: KLWarmup(steps=3, epochs=2), ("objective.warmup.steps and objective.warmup.epochs are both set; set one "
+         "(the other null).")),
         (lambda: CapacitySchedule(max=-1.0, steps=3), "objective.capacity.max=-1.0 must be >= 0 nats."),
-        (lambda: CapacitySchedule(max=1.0, steps=-2), "objective.capacity.steps=-2 must be a whole number >= 0 (or null "
-         "for none)."),
+        (lambda: CapacitySchedule(max=1.0, steps=-2), ("objective.capacity.steps=-2 must be a whole number >= 0 (or null "
+         "for none).")),
     ],
 )
 def test_schedules_refuse_bad_settings_naming_them(make, message: str) -> None:
