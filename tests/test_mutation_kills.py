@@ -700,3 +700,23 @@ def test_location_scale_settings_defaults_and_start() -> None:
     with pytest.raises(ConfigError) as error:
         GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0)
     assert str(error.value) == "likelihood.fixed_sigma=0 and likelihood.min_sigma=0.001 must both be > 0."
+
+
+# ---------------------------------------------------------------- the flow prior
+def test_flow_prior_defaults_and_alternating_masks() -> None:
+    from vae_lab.priors import FlowPrior
+    from vae_lab.priors.affine_coupling import AffineCoupling
+
+    prior = FlowPrior(latent_dim=3)
+    assert prior.latent_dim == 3 and len(prior.couplings) == 4
+    masks = [coupling.mask.tolist() for coupling in prior.couplings]
+    assert masks == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    for coupling in (prior.couplings[0], AffineCoupling(torch.tensor([1.0, 0.0]))):
+        linears = [m for m in coupling.conditioner.modules() if isinstance(m, torch.nn.Linear)]
+        assert [m.out_features for m in linears][:2] == [64, 64]
+        assert any(isinstance(m, torch.nn.Tanh) for m in coupling.conditioner.modules())
+    one = FlowPrior(latent_dim=2, n_layers=1, hidden_size=8)
+    assert len(one.couplings) == 1 and one.couplings[0].conditioner[-1].in_features == 8
+    with pytest.raises(ConfigError) as error:
+        FlowPrior(latent_dim=2, n_layers=0)
+    assert str(error.value) == "prior.n_layers=0 must be at least 1 (coupling layers)."
