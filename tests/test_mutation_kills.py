@@ -507,7 +507,9 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
     table = row["test/kl_per_dim_chart_table"]
     assert (table["nrows"], table["ncols"]) == (2, 2)
     assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
-    assert b"KL per latent dimension (nats)" in next(run_dir.glob("run-*.wandb")).read_bytes()
+    run_file = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert b'"fieldSettings":{"label":"dimension","value":"kl"}' in run_file  # the bar chart: KL against dimension
+    assert b"KL per latent dimension (nats)" in run_file
     assert {key: run.summary[key] for key in metrics} == metrics
 
 
@@ -720,3 +722,98 @@ def test_flow_prior_defaults_and_alternating_masks() -> None:
     with pytest.raises(ConfigError) as error:
         FlowPrior(latent_dim=2, n_layers=0)
     assert str(error.value) == "prior.n_layers=0 must be at least 1 (coupling layers)."
+
+
+# ---------------------------------------------------------------- second round: what the first round left
+def test_objective_defaults_and_unknown_kl_mode() -> None:
+    from vae_lab.objectives import Objective
+
+    class Plain(Objective):
+        def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
+            return terms.kl.mean()
+
+    assert (Plain().n_samples, Plain().kl) == (1, "auto")
+    assert (ELBO().n_samples, ELBO().kl, ELBO().kl_weight) == (1, "auto", 1.0)
+    with pytest.raises(ConfigError) as error:
+        ELBO(kl="bogus")
+    assert str(error.value) == "objective.kl='bogus' is unknown; use one of auto, analytic, mc."
+    assert ELBO(free_bits=0.0).free_bits == 0.0 and ELBO(kl_weight=0.0).kl_weight == 0.0
+    instant = ELBO(capacity={"max": 5.0})  # no steps: C = max from the first step
+    assert instant.capacity.steps == 0 and instant.capacity(0) == 5.0
+
+
+def test_fixed_priors_keep_nothing_in_the_checkpoint() -> None:
+    """N(0, I) and the flow's base are buffers that are not saved: a checkpoint holds learned values only."""
+    from vae_lab.priors import FlowPrior
+
+    assert list(StandardNormalPrior(3).state_dict()) == []
+    assert not {"loc", "scale"} & set(FlowPrior(latent_dim=2, n_layers=1, hidden_size=4).state_dict())
+
+
+def mog_vae():
+    """small_vae with a two-component mixture prior: Monte Carlo KL, no KL per dimension."""
+    model = small_vae()
+    model.prior = MixtureOfGaussiansPrior(latent_dim=2, n_components=2)
+    return model
+
+
+def test_evaluate_a_prior_without_kl_per_dimension_and_the_seconds_it_took() -> None:
+    import time
+
+    model, x = mog_vae(), torch.rand(5, 1, 1, 3)
+    started = time.perf_counter()
+    result = evaluate(model, x, EvaluationSettings(n_importance_samples=6, seed=2))
+    elapsed = time.perf_counter() - started
+    assert result.kl_per_dim is None and "test/kl_per_dim" not in result.metrics()
+    assert isinstance(result.seconds, float) and 0 <= result.seconds <= elapsed + 0.01
+    assert result.seconds == round(result.seconds, 2)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        terms, _ = importance_sampled_terms(model, x, 6, 6, generator)
+    # Monte Carlo KL over the same samples: mean_l [log q(z_l|x) - log p(z_l)]
+    torch.testing.assert_close(terms.kl, (terms.log_posterior - terms.log_prior).mean(0))
+    assert result.elbo == pytest.approx(float((terms.reconstruction - terms.kl).double().mean()), abs=1e-6)
+    assert result.bpd_elbo == pytest.approx(-result.elbo / (3 * math.log(2)) + 8, rel=1e-13)
+    assert result.bpd_importance_sampled == pytest.approx(-result.log_likelihood / (3 * math.log(2)) + 8, rel=1e-13)
+
+
+def test_evaluate_counts_active_units_with_the_settings_threshold() -> None:
+    model, x = small_vae(), torch.rand(8, 1, 1, 3)
+    with torch.no_grad():
+        activity = model.posterior(x).mean.double().var(0)
+    threshold = float(activity.mean())  # between the two units' activities
+    assert int((activity > threshold).sum()) == 1 and int((activity > 0.01).sum()) != 1
+    result = evaluate(model, x, EvaluationSettings(n_importance_samples=2, active_unit_threshold=threshold))
+    assert result.active_units == 1
+
+
+def test_progress_printer_waits_for_a_full_tenth(capsys: pytest.CaptureFixture[str]) -> None:
+    printer = ProgressPrinter()
+    for done in (10, 11, 21, 110):
+        printer(done, 110)
+    assert capsys.readouterr().err.splitlines() == [f"vae_lab.evaluate: {done}/110 test images" for done in (11, 110)]
+
+
+def test_end_of_training_evaluation_defaults_to_seed_0_and_step_0(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    model, datamodule = ppca_model_and_data()
+    logger = CSVLogger(tmp_path, name="", version="")
+    metrics = evaluate_at_end_of_training({"eval": {"n_importance_samples": 5}}, model, datamodule, loggers=[logger])
+    datamodule.setup("test")
+    assert metrics == evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=5, seed=0)).metrics()
+    assert next(csv.DictReader((tmp_path / "metrics.csv").open()))["step"] == "0"
+
+
+def test_a_wandb_failure_while_logging_the_evaluation_is_recorded_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    from vae_lab.wandb_failsafe import FailSafeWandbLogger
+
+    monkeypatch.chdir(tmp_path)
+    logger = FailSafeWandbLogger(project="kill-tests", save_dir=str(tmp_path), offline=True)
+    _ = logger.experiment
+    wandb.finish()  # the run is gone: logging to it now fails
+    wandb.teardown()
+    log_metrics(logger, {"test/nll_is": 1.0}, step=0)
+    assert logger.failed and logger.failed_during == "evaluation logging"
