@@ -817,3 +817,20 @@ def test_a_wandb_failure_while_logging_the_evaluation_is_recorded_by_name(tmp_pa
     wandb.teardown()
     log_metrics(logger, {"test/nll_is": 1.0}, step=0)
     assert logger.failed and logger.failed_during == "evaluation logging"
+
+
+def test_flow_prior_passes_its_activation_to_every_coupling() -> None:
+    from vae_lab.priors import FlowPrior
+
+    prior = FlowPrior(latent_dim=2, n_layers=2, hidden_size=4, activation="relu")
+    for coupling in prior.couplings:
+        kinds = {type(m) for m in coupling.conditioner.modules()}
+        assert torch.nn.ReLU in kinds and torch.nn.Tanh not in kinds
+
+
+def test_a_row_label_names_every_axis() -> None:
+    jobs = [
+        ReportJob(Path(f"j{b}{lr}"), "complete", [f"data.batch_size={b}", f"optimizer.lr={lr}"], {"metrics": {"test/elbo": -1.0}})
+        for b in (50, 100) for lr in ("1e-3", "3e-4")
+    ]
+    assert build_report(jobs).rows[0].label() == "data.batch_size=50, optimizer.lr=3e-4"
