@@ -509,12 +509,12 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
     assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
     run_file = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert b'"fieldSettings":{"label":"dimension","value":"kl"}' in run_file  # the bar chart: KL against dimension
-    assert b"KL per latent dimension (nats)" in run_file
+    assert b'"stringSettings":{"title":"KL per latent dimension (nats)"}' in run_file
     assert {key: run.summary[key] for key in metrics} == metrics
 
 
 # ---------------------------------------------------------------- the evaluation loop, chunk plans, latent draws
-def small_vae():
+def small_vae(kl: str = "auto"):
     """An MLP VAE on 1x1x3 images: decoder 2 -> 4 (tanh) -> 3, so 4 + 4 + 3 leaf outputs per z."""
     from vae_lab.module import VAE
     from vae_lab.networks import MLPDecoder
@@ -524,7 +524,7 @@ def small_vae():
     return VAE(
         encoder=MLPEncoder((1, 1, 3), 2, hidden_sizes=[4]), decoder=MLPDecoder((1, 1, 3), 2, out_channels=1, hidden_sizes=[4]),
         likelihood=GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.5), prior=StandardNormalPrior(2),
-        objective=ELBO(), optimizer=lambda parameters: torch.optim.Adam(parameters), image_shape=(1, 1, 3),
+        objective=ELBO(kl=kl), optimizer=lambda parameters: torch.optim.Adam(parameters), image_shape=(1, 1, 3),
     )
 
 
@@ -834,3 +834,13 @@ def test_a_row_label_names_every_axis() -> None:
         for b in (50, 100) for lr in ("1e-3", "3e-4")
     ]
     assert build_report(jobs).rows[0].label() == "data.batch_size=50, optimizer.lr=3e-4"
+
+
+def test_monte_carlo_kl_per_dimension_uses_the_drawn_latents() -> None:
+    """objective.kl=mc with the standard prior: the KL of each dimension is the mean over the (last
+    chunk's) samples of log q(z_j|x) - log p(z_j), and adds up to the total KL over the same samples."""
+    model, x = small_vae(kl="mc"), torch.rand(4, 1, 1, 3)
+    with torch.no_grad():
+        terms, _ = importance_sampled_terms(model, x, 7, 7, torch.Generator().manual_seed(1))
+    assert terms.kl_per_dim.shape == (4, 2)
+    torch.testing.assert_close(terms.kl_per_dim.sum(-1), terms.kl, rtol=1e-5, atol=1e-5)
