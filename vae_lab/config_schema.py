@@ -203,6 +203,7 @@ RULES: dict[str, Rule] = {
     # logger
     "logger.wandb.mode": one_of(("auto", "online", "offline", "disabled", "dryrun")),
     "logger.wandb.init_timeout": greater_than(0),
+    "logger.wandb.images_every_n_epochs": at_least(0),
 }
 
 #: Arguments that ``vae_lab.build`` (or train) passes to a class itself: they must not be in the config.
@@ -232,6 +233,10 @@ class WandbSettings:
     tags: list[str] = field(default_factory=list)
     #: Seconds wandb.init may take before the run goes on without wandb.
     init_timeout: float = 60.0
+    #: Reconstructions, samples and traversals to wandb every N epochs (0: only at the end).
+    images_every_n_epochs: int = 5
+    #: The best checkpoint as a wandb model Artifact.
+    log_checkpoint: bool = False
 
 
 @dataclass
@@ -277,6 +282,8 @@ class RunSettings:
     schedule: str = "full"
     schedules: dict[str, Any] | None = None
     eval: EvaluationSettings | None = None
+    #: Extra Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
+    callbacks: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------- checking

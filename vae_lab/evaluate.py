@@ -147,6 +147,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
     }
     write_json_atomically(summary_path, summary)
+    if cfg.get("wandb", True):
+        from vae_lab.wandb_run import record_evaluation
+
+        record_evaluation(run_dir, summary, result.metrics(), run_cfg)
 
     trained_elbo = summary["metrics"].get("test/elbo")
     extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]

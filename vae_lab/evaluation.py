@@ -370,7 +370,8 @@ def log_metrics(logger: Any, metrics: Mapping[str, Any], step: int) -> None:
     def log_to_wandb() -> None:
         import wandb
 
-        logged: dict[str, Any] = dict(scalars)
+        # The KL per dimension goes to wandb as one chart, not one scalar key per dimension.
+        logged: dict[str, Any] = {name: value for name, value in metrics.items() if not isinstance(value, list)}
         if per_dim is not None:
             table = wandb.Table(columns=["dimension", "kl"], data=[[j, v] for j, v in enumerate(per_dim)])
             logged["test/kl_per_dim_chart"] = wandb.plot.bar(table, "dimension", "kl", title="KL per latent dimension (nats)")

@@ -238,6 +238,7 @@ class Job:
             run_id=self.plan.wandb_run_id,
             group=self.wandb_group(settings.get("group")) if self.is_rank_zero else settings.get("group"),
             tags=self.wandb_tags(list(settings.get("tags") or [])),
+            choices=self.choices,
         )
         self.wandb_logger = logger
         return logger

@@ -48,6 +48,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.stopped_runs import record_stopped_run
     from vae_lab.threads import choose_threads
     from vae_lab.tracking import offline_sync_hint
+    from vae_lab.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
 
     validate_config(cfg)  # every key, type and range, before any work
     hydra_config = HydraConfig.get()
@@ -76,6 +77,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     checkpoints, last_epoch = checkpoint_callbacks(run_dir)
     interrupt = GracefulInterrupt()
     callbacks: list[Any] = [checkpoints, last_epoch, interrupt, *job.trainer_callbacks()]
+    callbacks += [*configured_callbacks(cfg), *wandb_callbacks(wandb_logger, cfg.logger.get("wandb"))]
     if cfg.check_finite_every_n_steps:
         callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
     if cfg.get("early_stopping"):
@@ -150,7 +152,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)
             )
-            wandb_logger.run_safely("summary update", lambda: wandb_logger.experiment.summary.update(metrics))
+            wandb_logger.update_summary(metrics)
+            log_best_checkpoint_if_asked(wandb_logger, cfg.logger.wandb, Path(checkpoints.best_model_path), metrics)
         summary = {
             **job.summary_fields(),
             "status": "complete",
