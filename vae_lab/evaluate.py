@@ -9,6 +9,7 @@ into the run's ``summary.json`` (atomically, keeping its other fields). Settings
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 
 CONFIG_PATH = "pkg://vae_lab.conf"
+
+log = logging.getLogger("vae_lab.evaluate")  # not __main__ under `python -m`
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 
@@ -154,8 +157,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     trained_elbo = summary["metrics"].get("test/elbo")
     extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]
-    print(result.table(extra_rows))
-    print(f"vae_lab.evaluate: updated {summary_path}")
+    log.info(result.table(extra_rows))
+    log.info(f"vae_lab.evaluate: updated {summary_path}")
     return summary
 
 

@@ -23,6 +23,7 @@ job's failure while the other jobs go on; the multirun exits non-zero at the end
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -39,6 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lab import distributed, run_state
 from vae_lab.errors import RunInterrupted, VaeLabError
 from vae_lab.launchers import LauncherKind, launcher_kind
+
+log = logging.getLogger(__name__)
 
 #: Override keys that do not name a job in wandb (paths, resuming, launcher and sweep plumbing).
 UNNAMED_OVERRIDES = ("hydra", "data.root", "resume", "sweep")
@@ -171,9 +174,9 @@ class Job:
         if not self.is_rank_zero or self.started_by_vae_lab:
             return
         if self.plan.checkpoint is not None:
-            print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
+            log.info(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
         if not self.multirun:
-            print(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
+            log.info(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
         self.running = True
@@ -296,7 +299,7 @@ class Job:
                 wandb_logger=self.wandb_logger,
             )
         except Exception as record_error:  # e.g. the output dir is not writable: say so, keep the first error
-            print(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}", file=sys.stderr)
+            log.error(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}")
 
     def close(self) -> None:
         """Finish this job's wandb run if it is still open, so that the next job of this process
@@ -309,7 +312,7 @@ class Job:
             try:
                 wandb.finish()
             except Exception as error:
-                print(f"vae_lab: wandb.finish failed: {error}", file=sys.stderr)
+                log.error(f"vae_lab: wandb.finish failed: {error}")
 
 
 def _cuda_available() -> bool:
@@ -334,7 +337,7 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig, Job], dict[str, Any]])
         job.prepare(cfg)
         assert job.plan is not None
         if job.plan.skip:
-            print(f"vae_lab: {job.run_dir} holds a complete run; skipped (resume=true).")
+            log.info(f"vae_lab: {job.run_dir} holds a complete run; skipped (resume=true).")
             return (job.plan.previous or {}).get("metrics", {}).get("val/elbo")
         summary = train(cfg, job)
         return summary.get("metrics", {}).get("val/elbo")
@@ -351,7 +354,7 @@ def _error_to_raise(job: Job, error: BaseException) -> BaseException:
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         return error
     if isinstance(error, VaeLabError):
-        print(f"vae_lab: error: {error}", file=sys.stderr)
+        log.error(f"vae_lab: error: {error}")
         # An interruption (Ctrl-C, SIGTERM) stops a whole multirun too.
         if not job.multirun or job.started_by_vae_lab or isinstance(error, RunInterrupted):
             return SystemExit(getattr(error, "exit_code", 2))

@@ -5,6 +5,7 @@ wandb is imported only when a run asks for it.
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+log = logging.getLogger(__name__)
 
 
 def has_wandb_api_key() -> bool:
@@ -65,7 +68,7 @@ def make_wandb_logger(
     from vae_lab.wandb_run import DashboardWandbLogger, run_config
 
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
-        print("wandb: no API key found (WANDB_API_KEY or `wandb login`): this run is logged offline.")
+        log.info("wandb: no API key found (WANDB_API_KEY or `wandb login`): this run is logged offline.")
     return DashboardWandbLogger(
         project=settings.project,
         entity=settings.entity,

@@ -6,6 +6,7 @@ metrics CSV, image grids, ``summary.json``, the wandb run) go to Hydra's output 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from vae_lab.jobs import Job, run_job
 from vae_lab.launchers import register_launcher_configs
 
 CONFIG_PATH = "pkg://vae_lab.conf"
+
+log = logging.getLogger("vae_lab.train")  # not __main__ under `python -m`
 register_launcher_configs()
 
 
@@ -29,12 +32,12 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         job.prepare(cfg)
     import lightning as L
     import torch
-    from lightning.pytorch.loggers import CSVLogger
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.compilation import compile_networks
+    from vae_lab.console import metrics_csv_logger, route_lightning_logs
     from vae_lab.config_schema import validate_config
     from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.evaluation import evaluate_at_end_of_training
@@ -50,6 +53,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.tracking import offline_sync_hint
     from vae_lab.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
 
+    route_lightning_logs()  # Lightning's lines once, into train.log too
     validate_config(cfg)  # every key, type and range, before any work
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -62,11 +66,11 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     check_writable_directory(run_dir / CHECKPOINT_DIR)  # made once data and model are sound, before training
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Any] = [metrics_csv_logger(run_dir)]
     if resume_from is not None and job.is_rank_zero:
         keep_logged_epochs(loggers[0], through_epoch=check_checkpoint(resume_from, model)["epoch"])
     elif cfg.resume:
-        print(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
+        log.info(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
 
     wandb_logger = None
     if cfg.logger.get("wandb"):
@@ -174,9 +178,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             wandb_logger.finish()
             summary["wandb"] = wandb_logger.status()
             if hint and not wandb_logger.failed:
-                print(f"wandb: offline run saved; upload it later with: {hint}")
+                log.info(f"wandb: offline run saved; upload it later with: {hint}")
         write_json_atomically(run_dir / "summary.json", summary)
-        print(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {metrics.get('test/elbo', float('nan')):.2f} nats)")
+        log.info(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {metrics.get('test/elbo', float('nan')):.2f} nats)")
     return summary
 
 

@@ -36,6 +36,8 @@ CHOICES = "choices"
 KL_PER_DIM_KEY = re.compile(r"^(?P<stage>.+)/kl_per_dim/(?P<dim>\d+)$")
 #: The wandb keys of the images logged during training (one image size per key).
 IMAGE_KEYS = ("images/reconstructions", "images/samples", "images/traversals")
+#: Metrics whose wandb summary is an aggregate over the run (``{"max": best}``), never overwritten.
+AGGREGATED_SUMMARIES = {"val/elbo": "max"}
 #: Images logged during training: reconstructions of this many test images, this many prior samples.
 EPOCH_IMAGES = 32
 
@@ -56,7 +58,8 @@ def define_metrics(run: Any) -> None:
     run.define_metric("epoch")
     for prefix in ("train", "val", "images"):
         run.define_metric(f"{prefix}/*", step_metric="epoch")
-    run.define_metric("val/elbo", step_metric="epoch", summary="max")
+    for name, aggregate in AGGREGATED_SUMMARIES.items():
+        run.define_metric(name, step_metric="epoch", summary=aggregate)
     run.define_metric("test/nll_is", summary="last")
 
 
@@ -122,8 +125,10 @@ class DashboardWandbLogger(FailSafeWandbLogger):
 
     def update_summary(self, metrics: Mapping[str, Any]) -> None:
         """Put the run's final metrics into its wandb summary, the KL per dimension as one list per
-        stage (``val/kl_per_dim``), not one key per dimension."""
+        stage (``val/kl_per_dim``), not one key per dimension. ``val/elbo`` keeps wandb's aggregate,
+        its best value over the epochs (the best checkpoint's re-validation draws other noise)."""
         scalars, per_dim = split_kl_per_dim(metrics)
+        scalars = {name: value for name, value in scalars.items() if name not in AGGREGATED_SUMMARIES}
         scalars.update({f"{stage}/kl_per_dim": values for stage, values in per_dim.items()})
         self.run_safely("summary update", lambda: self.experiment.summary.update(scalars))
 
@@ -153,7 +158,8 @@ class WandbImages(Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self.logger.failed:
+        fitting = trainer.state.fn == "fit"  # not the re-validation of the best checkpoint after training
+        if not fitting or trainer.sanity_checking or not trainer.is_global_zero or self.logger.failed:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
