@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import CSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,19 @@ def route_lightning_logs() -> None:
 def metrics_csv_logger(run_dir: Path) -> Any:
     """The CSVLogger of ``<run dir>/metrics.csv``. Its log directory is the run directory, which
     already holds Hydra's files, so Lightning would warn on every run that "previous log files in
-    this directory will be deleted" (only metrics.csv is written, and vae_lab.resume keeps its
-    rows on resume): that one warning is silenced, where the logger is created."""
-    from lightning.pytorch.loggers import CSVLogger
+    this directory will be deleted" (only metrics.csv is replaced, and vae_lab.resume keeps its
+    rows on resume): that one warning is silenced, where the logger starts its file."""
+    return RunDirCSVLogger(save_dir=str(run_dir), name="", version="")
 
-    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        _ = logger.experiment
-    return logger
+
+class RunDirCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, without its warning about a non-empty log directory (see :func:`metrics_csv_logger`)."""
+
+    @property
+    def experiment(self) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            return super().experiment
 
 
 def progress_text(metrics: dict[str, Any]) -> str:
@@ -141,9 +146,8 @@ class LineProgress(ProgressBar):
     def report(self, trainer: Any, pl_module: Any) -> None:
         if self.enabled:
             metrics = progress_text(self.get_metrics(trainer, pl_module))
-            log.info(
-                f"epoch {self.finished_epoch + 1}/{trainer.max_epochs} done in {duration(self.epoch_seconds)}: {metrics}"
-            )
+            epoch = f"epoch {self.finished_epoch + 1}/{trainer.max_epochs}"
+            log.info(f"{epoch} done in {duration(self.epoch_seconds)}: {metrics}")
         self.finished_epoch = None
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -19,7 +19,6 @@ publish it once online: ``wandb sync`` the runs, then run this command again.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections import Counter
@@ -33,7 +32,10 @@ log = logging.getLogger("vae_lab.dashboard")
 SPEC_FILE = "dashboard.json"
 INSTALL_HINT = "pip install 'vae_lab[dashboard]'  (or: pip install wandb-workspaces==0.4.13)"
 #: The image keys of a vae_lab run (vae_lab.wandb_run, vae_lab.latent_pictures, vae_lab.train).
-IMAGE_KEYS = ("images/reconstructions", "images/samples", "images/traversals", "latent/traversals", "latent/interpolations", "images")
+IMAGE_KEYS = (
+    "images/reconstructions", "images/samples", "images/traversals",
+    "latent/traversals", "latent/interpolations", "images",
+)
 KL_TABLES = ("val/kl_per_dim_chart_table", "test/kl_per_dim_chart_table")
 
 
@@ -89,8 +91,10 @@ def build_workspace(jobs: list[Any], axes: list[str], identity: dict[str, Any], 
                         title=f"val/elbo by {axis}", x="epoch", y=["val/elbo"], groupby=by,
                         groupby_aggfunc="mean", groupby_rangefunc="minmax",
                     ),
-                    wr.BarPlot(title=f"test/nll_is by {axis}", metrics=["test/nll_is"], groupby=by, groupby_aggfunc="mean"),
-                    wr.BarPlot(title=f"test/elbo by {axis}", metrics=["test/elbo"], groupby=by, groupby_aggfunc="mean"),
+                    *[
+                        wr.BarPlot(title=f"{metric} by {axis}", metrics=[metric], groupby=by, groupby_aggfunc="mean")
+                        for metric in ("test/nll_is", "test/elbo")
+                    ],
                 ],
             )
         )
@@ -120,7 +124,9 @@ def build_workspace(jobs: list[Any], axes: list[str], identity: dict[str, Any], 
         ws.Section(
             name="images",
             is_open=True,
-            panels=[wr.MediaBrowser(title=key, media_keys=[key], mode="gallery", gallery_axis="step") for key in IMAGE_KEYS],
+            panels=[
+                wr.MediaBrowser(title=key, media_keys=[key], mode="gallery", gallery_axis="step") for key in IMAGE_KEYS
+            ],
         )
     )
     group = identity.get("group")
@@ -140,7 +146,6 @@ def specification(workspace: Any) -> dict[str, Any]:
     """The workspace as JSON data: its public fields (pydantic's dump of the ``Workspace`` dataclass),
     without the library's private bookkeeping (``_id``...)."""
     from pydantic import TypeAdapter
-
     from wandb_workspaces.workspaces import Workspace
 
     def public(value: Any) -> Any:

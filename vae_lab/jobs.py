@@ -174,9 +174,15 @@ class Job:
         if not self.is_rank_zero or self.started_by_vae_lab:
             return
         if self.plan.checkpoint is not None:
-            log.info(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
+            log.info(
+                f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} "
+                f"(wandb run {self.plan.wandb_run_id})"
+            )
         if not self.multirun:
-            log.info(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
+            log.info(
+                f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true "
+                f"hydra.run.dir={self.run_dir})"
+            )
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
         self.running = True

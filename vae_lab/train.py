@@ -37,8 +37,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.compilation import compile_networks
-    from vae_lab.console import metrics_csv_logger, route_lightning_logs
     from vae_lab.config_schema import validate_config
+    from vae_lab.console import metrics_csv_logger, route_lightning_logs
     from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.evaluation import evaluate_at_end_of_training
     from vae_lab.files import check_writable_directory, write_json_atomically
@@ -180,7 +180,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             if hint and not wandb_logger.failed:
                 log.info(f"wandb: offline run saved; upload it later with: {hint}")
         write_json_atomically(run_dir / "summary.json", summary)
-        log.info(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {metrics.get('test/elbo', float('nan')):.2f} nats)")
+        test_elbo = metrics.get("test/elbo", float("nan"))
+        log.info(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {test_elbo:.2f} nats)")
     return summary
 
 

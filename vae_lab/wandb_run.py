@@ -108,9 +108,7 @@ class DashboardWandbLogger(FailSafeWandbLogger):
         status = super().status()
         run = self._experiment
         if status["status"] == "ok" and run is not None:
-            status.update(
-                group=getattr(run, "group", None), project=getattr(run, "project", None), entity=getattr(run, "entity", None)
-            )
+            status.update({name: getattr(run, name, None) for name in ("group", "project", "entity")})
         return status
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -118,7 +116,7 @@ class DashboardWandbLogger(FailSafeWandbLogger):
         if per_dim:
             charts = self.run_safely(
                 "KL per dimension chart",
-                lambda: {f"{stage}/kl_per_dim_chart": kl_per_dim_chart(values, stage) for stage, values in per_dim.items()},
+                lambda: {f"{stage}/kl_per_dim_chart": kl_per_dim_chart(dims, stage) for stage, dims in per_dim.items()},
             )
             scalars.update(charts or {})
         super().log_metrics(scalars, step)
@@ -171,7 +169,7 @@ class WandbImages(Callback):
         from torchvision.utils import make_grid
 
         from vae_lab.images import reconstruction_grid
-        from vae_lab.latent_pictures import kl_per_latent_dimension, latent_traversal, TRAVERSAL_DIMENSIONS
+        from vae_lab.latent_pictures import TRAVERSAL_DIMENSIONS, kl_per_latent_dimension, latent_traversal
 
         datamodule = trainer.datamodule
         was_training = model.training
@@ -191,13 +189,16 @@ class WandbImages(Callback):
                     "images/traversals": (traversal, len(offsets) + 1, f"latent dims {dimensions} (largest KL first)"),
                 }
                 logged = {
-                    key: wandb.Image(make_grid(images.float().cpu().clamp(0, 1), nrow=columns, padding=2, pad_value=1.0),
-                                     caption=f"epoch {trainer.current_epoch}: {caption}")
+                    key: wandb.Image(
+                        make_grid(images.float().cpu().clamp(0, 1), nrow=columns, padding=2, pad_value=1.0),
+                        caption=f"epoch {trainer.current_epoch}: {caption}",
+                    )
                     for key, (images, columns, caption) in grids.items()
                 }
         finally:
             model.train(was_training)
-        self.logger.experiment.log({**logged, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
+        steps = {"epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step}
+        self.logger.experiment.log({**logged, **steps})
 
 
 def wandb_callbacks(logger: FailSafeWandbLogger | None, settings: Mapping[str, Any] | None) -> list[Callback]:
@@ -227,7 +228,9 @@ def log_best_checkpoint_if_asked(
     log_best_checkpoint(logger, checkpoint, {k: v for k, v in scalars.items() if isinstance(v, (int, float))})
 
 
-def record_evaluation(run_dir: Path, summary: Mapping[str, Any], metrics: Mapping[str, Any], run_cfg: Any) -> str | None:
+def record_evaluation(
+    run_dir: Path, summary: Mapping[str, Any], metrics: Mapping[str, Any], run_cfg: Any
+) -> str | None:
     """Bring the wandb record of a training run up to date after ``vae_lab.evaluate``: online, by
     resuming the training run by its id and updating its summary; offline (wandb cannot resume an
     offline run), by a new run of ``job_type=evaluate`` in the training run's group, whose config
@@ -252,13 +255,13 @@ def record_evaluation(run_dir: Path, summary: Mapping[str, Any], metrics: Mappin
         from vae_lab.evaluation import log_metrics
 
         resume = mode == "online" and record.get("mode") == "online"
-        common = dict(
-            project=record.get("project") or settings.get("project"),
-            entity=record.get("entity") or settings.get("entity"),
-            dir=str(run_dir),
-            mode=mode,
-            settings=wandb.Settings(init_timeout=float(settings.get("init_timeout", 60))),
-        )
+        common = {
+            "project": record.get("project") or settings.get("project"),
+            "entity": record.get("entity") or settings.get("entity"),
+            "dir": str(run_dir),
+            "mode": mode,
+            "settings": wandb.Settings(init_timeout=float(settings.get("init_timeout", 60))),
+        }
         if resume:
             run = wandb.init(id=record["id"], resume="must", **common)
         else:
