@@ -24,6 +24,8 @@ WATCHED = [o for o in TINY if not o.startswith(("logger=", "trainer.max_epochs="
     "trainer.max_epochs=2",
     "logger.wandb.images_every_n_epochs=1",
     "logger.wandb.log_checkpoint=true",
+    # a learning rate that halves every epoch, as the IWAE experiments' staged decay
+    "lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}",
 ]
 OFFLINE_ENV = {"WANDB_SILENT": "true", "NETRC": os.devnull}
 
@@ -101,9 +103,12 @@ def test_kl_per_dimension_is_one_chart_not_scalar_keys(watched) -> None:
 
 
 def test_learning_rate_is_logged(watched) -> None:
-    assert watched.run.values("lr-Adam") == [pytest.approx(1e-3)] * 2
+    assert watched.run.values("train/lr") == [pytest.approx(1e-3), pytest.approx(5e-4)]
+    assert epochs_of(watched.run, "train/lr") == [0, 1]
     with (watched.run_dir / "metrics.csv").open() as handle:
-        assert [float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")] == [1e-3, 1e-3]
+        rows = [row for row in csv.DictReader(handle) if row.get("train/lr")]
+    assert [(row["epoch"], float(row["train/lr"])) for row in rows] == [("0", pytest.approx(1e-3)), ("1", pytest.approx(5e-4))]
+    assert all(row["train/elbo"] for row in rows)  # in the epoch's row, which resuming keeps
 
 
 def test_best_checkpoint_artifact_when_asked(watched, tiny_default_run) -> None:
