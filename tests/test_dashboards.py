@@ -107,7 +107,8 @@ def test_learning_rate_is_logged(watched) -> None:
     assert epochs_of(watched.run, "train/lr") == [0, 1]
     with (watched.run_dir / "metrics.csv").open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/lr")]
-    assert [(row["epoch"], float(row["train/lr"])) for row in rows] == [("0", pytest.approx(1e-3)), ("1", pytest.approx(5e-4))]
+    expected = [("0", pytest.approx(1e-3)), ("1", pytest.approx(5e-4))]
+    assert [(row["epoch"], float(row["train/lr"])) for row in rows] == expected
     assert all(row["train/elbo"] for row in rows)  # in the epoch's row, which resuming keeps
 
 
