@@ -4,7 +4,8 @@
 The sample holds the first 4,000 training images of the official release (4 PNGs, 1000 images
 each, see its README). Here images 0..2999 become the five training batches (600 each) and images
 3000..3999 the test batch. The sample has no labels: every label is 0. The md5 sums of the official
-files (which torchvision checks) cannot match; vae_lab reads the batches itself.
+files (which torchvision checks) cannot match; vae_lab reads the batches itself, with
+``data.verify=false`` (which skips the official md5s and counts, not the format checks).
 """
 
 from __future__ import annotations

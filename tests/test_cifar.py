@@ -26,7 +26,7 @@ def test_written_batches_decode_to_the_sample_images(cifar_root: Path, data_root
     # The official layout: 1024 red values, then 1024 green, then 1024 blue, each plane row-major.
     for channel in range(3):
         assert np.array_equal(row[1024 * channel : 1024 * (channel + 1)], sample[0, :, :, channel].reshape(-1))
-    datamodule = CIFAR10DataModule(root=str(cifar_root), data_form="discrete", val_size=500)
+    datamodule = CIFAR10DataModule(root=str(cifar_root), data_form="discrete", val_size=500, verify=False)
     train, test = datamodule.load_uint8()
     assert train.shape == (N_TRAIN, 3, 32, 32) and test.shape == (N_TEST, 3, 32, 32)
     assert torch.equal(train[0], torch.from_numpy(sample[0]).permute(2, 0, 1))
@@ -48,7 +48,7 @@ def read_summary(run_dir: Path) -> dict:
 def test_gaussian_on_cifar_runs_end_to_end(cifar_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", "likelihood=gaussian", "data=cifar", *TINY, f"data.root={cifar_root}",
+        "vae_lab.train", "likelihood=gaussian", "data=cifar", *TINY, f"data.root={cifar_root}", "data.verify=false",
         f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,7 +74,7 @@ def test_a_few_epochs_with_a_learned_sigma_go_below_8_bits_per_dim(cifar_root: P
         "vae_lab.train", "likelihood=gaussian", "likelihood.variance=per_channel", "data=cifar",
         "data.val_size=500", "data.batch_size=20", "optimizer.lr=5e-3", "trainer.max_epochs=5", "logger=csv",
         "eval.n_importance_samples=0",
-        f"data.root={cifar_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=3600,
+        f"data.root={cifar_root}", "data.verify=false", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_summary(run_dir)["metrics"]

@@ -128,7 +128,7 @@ def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(t
     assert expected in result.stderr
     assert "Last good checkpoint: none yet (no epoch has completed; the run must start over)." in result.stderr
     summary = read_summary(run_dir)
-    assert summary["status"] == "failed" and summary["error"].startswith("NumericalError: training stopped at step 1")
+    assert summary["status"] == "diverged" and summary["error"].startswith("NumericalError: training stopped at step 1")
     assert summary["global_steps"] == 1
     (debug_log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
     assert "got exitcode: 1" in debug_log.read_text()  # the wandb run was finished as failed

@@ -386,3 +386,85 @@ def test_report_of_a_folder_without_jobs_is_a_clear_error(tmp_path: Path) -> Non
     result = run_cli("vae_lab.report", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert "found no jobs" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- damaged jobs; --no-wandb over WANDB_MODE (issue 12)
+def job_dir_of(sweep: SimpleNamespace, kl_weight: str, batch_size: str, seed: str) -> Path:
+    wanted = {"objective.kl_weight": kl_weight, "data.batch_size": batch_size, "seed": seed}
+    (match,) = [path for path, summary in sweep.summaries.items() if wanted.items() <= overrides_of(summary).items()]
+    return match
+
+
+#: The damaged job's setting and seed, the other seed of its setting, the file damaged, the reason shown.
+DAMAGES = {
+    "cut summary.json": (("0.5", "50"), "0", "1", "summary.json", "not valid JSON ("),
+    "binary metrics.csv": (("1.0", "100"), "1", "0", "metrics.csv", "binary data, not UTF-8 text (byte 0x89 at 0"),
+    "cut failure.json, no summary.json": (("0.5", "100"), "0", "1", "failure.json", "not valid JSON ("),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_job_is_listed_as_unreadable(sweep: SimpleNamespace, tmp_path: Path, damage: str) -> None:
+    """A copy of the real sweep with one job's file damaged: summary.json cut in half (truncated JSON),
+    metrics.csv replaced by a PNG (0x89 "PNG"...), or summary.json gone and failure.json cut. The job is
+    listed as ``unreadable: <file>: <reason>`` (not as unfinished, no traceback), left out of its
+    row's mean, and every other job is reported as before."""
+    (kl_weight, batch_size), seed, other_seed, name, reason = DAMAGES[damage]
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "report*"))
+    job = copy / job_dir_of(sweep, kl_weight, batch_size, seed).name
+    damaged = job / name
+    if name == "metrics.csv":
+        damaged.write_bytes((job / "images" / "samples.png").read_bytes())
+    else:
+        text = (job / "summary.json" if name == "summary.json" else sweep.failed_dir / "failure.json").read_text()
+        (job / "summary.json").unlink()
+        damaged.write_text(text[: len(text) // 2])
+
+    result = run_cli("vae_lab.report", str(copy), "--no-wandb", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"vae_lab.report: unreadable: {damaged}: {reason}" in result.stdout, result.stdout
+    rows = read_csv(copy / "report.csv")
+    row = row_for(rows, kl_weight, batch_size)
+    assert (row["complete"], row["unreadable"], row["unfinished"], row["failed"]) == ("1", "1", "0", "0")
+    readable = sweep.summaries[job_dir_of(sweep, kl_weight, batch_size, other_seed)]
+    assert row["seeds"] == other_seed and float(row["test/elbo mean"]) == readable["metrics"]["test/elbo"]
+    assert row["not_complete_jobs"] == f"unreadable:{job}"
+    assert sorted(r["complete"] for r in rows) == ["1", "2", "2", "2"] and len(rows) == 4
+    markdown, html = (copy / "report.md").read_text(), (copy / "report.html").read_text()
+    assert "8 jobs (7 complete, 1 unreadable)" in markdown
+    cells = rf"{re.escape(kl_weight)} \| {batch_size} \| {seed} \| {re.escape(f'{damaged}: {reason}')}"
+    assert re.search(rf"^\| unreadable \| {job.name} \| {cells}", markdown, re.M), markdown
+    setting = rf"^\| {re.escape(kl_weight)} \| {batch_size} \| {other_seed} \(1\) \|.*\| 1 complete, 1 unreadable \|$"
+    assert re.search(setting, markdown, re.M)
+    assert f"{damaged}: {reason}" in html
+
+
+def test_a_truncated_picture_is_a_note_not_a_traceback(sweep: SimpleNamespace, tmp_path: Path) -> None:
+    """One job's images/samples.png cut in half: the job's numbers are intact (it stays complete), the
+    image grid shows that panel as unreadable and the report notes the file; no traceback."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "report*"))
+    picture = copy / job_dir_of(sweep, "1.0", "50", "0").name / "images" / "samples.png"
+    picture.write_bytes(picture.read_bytes()[: picture.stat().st_size // 2])
+    result = run_cli("vae_lab.report", str(copy), "--no-wandb", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all(row["complete"] == "2" for row in read_csv(copy / "report.csv"))
+    assert re.search(rf"^- images: unreadable: {re.escape(str(picture))}: ", (copy / "report.md").read_text(), re.M)
+    assert (copy / "report_plots" / "images.png").is_file()
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_no_wandb_wins_over_wandb_mode_in_the_environment(sweep: SimpleNamespace, tmp_path: Path, mode: str) -> None:
+    """The jobs' config asks for wandb (offline, in GROUP) and WANDB_MODE says online or offline:
+    --no-wandb still logs nothing. No wandb/ directory, and wandb is never imported (the import log of
+    the real command shows no wandb module), so no run is created and nothing is sent."""
+    env = {"WANDB_MODE": mode, "WANDB_BASE_URL": "http://127.0.0.1:9", "PYTHONPROFILEIMPORTTIME": "1"}
+    arguments = [str(sweep.dir), "--no-wandb", "--output-dir", str(tmp_path)]
+    result = run_cli("vae_lab.report", *arguments, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.search(r"\|\s+vae_lab\.report\.table$", result.stderr, re.M)  # the import log is there...
+    assert not re.search(r"\|\s+wandb(\.\S+)?$", result.stderr, re.M)  # ...and holds no wandb module
+    assert not (tmp_path / "wandb").exists() and not list(tmp_path.rglob("*.wandb"))
+    assert "vae_lab.report: wandb: not logged: wandb is disabled" in result.stdout
+    assert "wandb: not logged: wandb is disabled" in (tmp_path / "report.md").read_text()

@@ -38,17 +38,20 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """The data module, serving the form of pixels the chosen likelihood models.
 
     The likelihood's class declares the form, so an impossible pair (a Bernoulli likelihood on grey
-    pixels) is refused here, before anything is loaded.
+    pixels) is refused here, before anything is loaded; then the files are fetched and verified.
     """
     from hydra.utils import get_class
 
     data_form = get_class(cfg.likelihood._target_).data_form
-    return instantiate(cfg.data, data_form=data_form)
+    datamodule = instantiate(cfg.data, data_form=data_form)
+    datamodule.prepare_data()  # fetched (data.download=true) and verified before anything reads or trains
+    return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
-    """The VAE for this config; every shape comes from the data module."""
-    image_shape = datamodule.image_shape
+def build_networks(cfg: DictConfig, image_shape: tuple[int, int, int]) -> tuple[Likelihood, Any, Any]:
+    """(likelihood, encoder, decoder) for images of ``image_shape``: the decoder emits the
+    likelihood's parameters for every pixel. (vae_lab.machine_checks builds them on the meta device
+    to size a run before it starts.)"""
     latent_dim = cfg.model.latent_dim
     likelihood = build_likelihood(cfg, channels=image_shape[0])
     encoder = instantiate(cfg.model.encoder, image_shape=image_shape, latent_dim=latent_dim)
@@ -58,6 +61,14 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
         latent_dim=latent_dim,
         out_channels=likelihood.parameters_per_channel * image_shape[0],
     )
+    return likelihood, encoder, decoder
+
+
+def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> VAE:
+    """The VAE for this config; every shape comes from the data module."""
+    image_shape = datamodule.image_shape
+    latent_dim = cfg.model.latent_dim
+    likelihood, encoder, decoder = build_networks(cfg, image_shape)
     initialize_output_bias(cfg.model.get("initialize_output_bias", "auto"), decoder, likelihood, datamodule)
     prior = instantiate(cfg.prior, latent_dim=latent_dim, encoder=encoder, datamodule=datamodule)
     return VAE(

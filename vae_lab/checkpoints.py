@@ -1,4 +1,4 @@
-"""Reading checkpoints safely: a truncated, foreign or non-finite file is refused with a clear error.
+"""Reading checkpoints safely: a truncated, foreign, non-finite or altered file is refused.
 
 Every place that loads a checkpoint (resume, the best checkpoint before validation and test,
 ``python -m vae_lab.evaluate``) goes through :func:`check_checkpoint`, so that a bad file stops
@@ -100,13 +100,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def check_checkpoint(
-    path: str | os.PathLike, model: torch.nn.Module | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    model: torch.nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+    config: Mapping[str, Any] | None = None,
+    config_source: str = "this run's config",
 ) -> dict[str, Any]:
-    """Load a checkpoint and check that it is a whole, finite Lightning checkpoint; with ``model``,
-    also that it is a checkpoint of this model (the same parameter names and shapes).
+    """Load a checkpoint and check that it is a whole, finite Lightning checkpoint whose content
+    digest matches (vae_lab.checkpoint_integrity); with ``model``, also that it is a checkpoint of
+    this model (the same parameter names and shapes); with ``config`` (resolved, from
+    ``config_source``), that it was written with the same model- and data-defining settings.
 
     Returns the checkpoint dict; raises :class:`CheckpointError` naming the file and the problem.
     """
+    from vae_lab.checkpoint_integrity import verify_checkpoint
+
     checkpoint = load_checkpoint(path, map_location)
     missing = [key for key in LIGHTNING_KEYS if key not in checkpoint]
     if missing or not isinstance(checkpoint.get("state_dict"), Mapping):
@@ -120,6 +128,7 @@ def check_checkpoint(
             f"checkpoint {path} holds non-finite weights ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); "
             "it cannot be used. Use an earlier checkpoint."
         )
+    verify_checkpoint(path, checkpoint, config, config_source)
     if model is not None:
         mismatch = state_dict_mismatch(checkpoint["state_dict"], model.state_dict())
         if mismatch:

@@ -14,10 +14,16 @@ How a section is checked:
   objective is therefore checked from its signature with no change here.
 - A section without ``_target_`` (the top level, ``model``, ``logger``, ``logger.wandb``) is
   checked against a dataclass below, the same way (its fields are its parameters).
+- A plain mapping that a class takes as one argument (``objective.warmup``, ``objective.capacity``)
+  has its keys checked against :data:`MAPPING_KEYS` and its values against :data:`RULES`.
 - :data:`RULES` adds the ranges and choices no annotation expresses (``objective.n_samples >= 1``,
-  ``data.binarization`` one of ...), keyed by the field's dotted path (``fnmatch`` patterns).
+  ``data.binarization`` one of ...), keyed by the field's dotted path (``fnmatch`` patterns). No
+  range accepts NaN or an infinity. tests/test_settings_checks.py proves that each rule fires.
   A class may also annotate a parameter with ``typing.Literal[...]``: that is a choice, checked.
 - :data:`CROSS_CHECKS` are checks that involve several fields (a batch larger than the data).
+- ``python -m vae_lab.evaluate``'s settings: :class:`EvaluateSettings` and :data:`EVALUATE_RULES`.
+
+What depends on the machine (its devices, its memory) is checked next by :mod:`vae_lab.machine_checks`.
 
 To extend it: add a rule to :data:`RULES` for a new field's range, a field to a dataclass for a new
 plain key (for example a new top-level setting), or an entry to :data:`SUPPLIED_BY_CODE` for a new
@@ -31,6 +37,7 @@ import difflib
 import enum
 import fnmatch
 import inspect
+import math
 import os
 import types
 import typing
@@ -57,19 +64,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A number that is not NaN or an infinity: every range below asks for one (``optimizer.lr=inf`` is > 0,
+    but no run can use it)."""
+    return _is_number(value) and math.isfinite(value)
+
+
 def at_least(low: float) -> Rule:
-    return Rule(f">= {low}", lambda value: _is_number(value) and value >= low)
+    return Rule(f">= {low}", lambda value: _is_finite_number(value) and value >= low)
 
 
 def greater_than(low: float) -> Rule:
-    return Rule(f"> {low}", lambda value: _is_number(value) and value > low)
+    return Rule(f"> {low}", lambda value: _is_finite_number(value) and value > low)
+
+
+def whole_number_at_least(low: int) -> Rule:
+    """An int >= ``low`` (a count of steps or epochs: 2.5 is refused even where the annotation says Any)."""
+    return Rule(f"a whole number >= {low}", lambda value: isinstance(value, int) and not isinstance(value, bool)
+                and value >= low)
 
 
 def in_interval(low: float, high: float, *, high_open: bool = False) -> Rule:
     closing = ")" if high_open else "]"
     return Rule(
         f"in [{low}, {high}{closing}",
-        lambda value: _is_number(value) and low <= value and (value < high if high_open else value <= high),
+        lambda value: _is_finite_number(value) and low <= value and (value < high if high_open else value <= high),
     )
 
 
@@ -135,6 +154,12 @@ RULES: dict[str, Rule] = {
     "schedule": one_of(("full", "short")),
     "early_stopping.patience": at_least(1),
     "eval.n_importance_samples": at_least(0),
+    "eval.memory_budget_mb": greater_than(0),
+    "eval.n_test_images": at_least(1),
+    "eval.active_unit_threshold": at_least(0),
+    "eval.images_per_batch": at_least(1),
+    "eval.samples_per_chunk": at_least(1),
+    "eval.seed": in_interval(0, 2**32 - 1),
     "model.initialize_output_bias": one_of((True, False, "auto")),
     # data
     "data.batch_size": at_least(1),
@@ -144,6 +169,9 @@ RULES: dict[str, Rule] = {
     "data.split_seed": at_least(0),
     "data.seed": at_least(0),
     "data.binarization": _lazy(lambda: _choices("vae_lab.data.base", "BINARIZATIONS")),
+    "data.mirror": Rule(
+        "a base URL, http://... or https://...", lambda url: str(url).startswith(("http://", "https://"))
+    ),
     # likelihood: scales are standard deviations (Gaussian) or scales (Laplace), > 0
     "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
     "likelihood.scale": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
@@ -151,7 +179,6 @@ RULES: dict[str, Rule] = {
     "likelihood.fixed_scale": greater_than(0),
     "likelihood.min_scale": greater_than(0),
     "likelihood.n_components": at_least(1),
-    "likelihood.n_mixtures": at_least(1),
     # prior
     "prior.n_components": at_least(1),
     "prior.n_pseudo_inputs": at_least(1),
@@ -169,9 +196,10 @@ RULES: dict[str, Rule] = {
     "objective.kl_weight": at_least(0),
     "objective.kl": _lazy(lambda: _choices("vae_lab.objectives.base", "KL_MODES")),
     "objective.free_bits": at_least(0),
-    "objective.warmup*": at_least(0),
-    "objective.capacity*": at_least(0),
-    "objective.gamma": at_least(0),
+    "objective.warmup.*": whole_number_at_least(0),
+    "objective.capacity.max": at_least(0),
+    "objective.capacity.steps": whole_number_at_least(0),
+    "objective.capacity.gamma": at_least(0),
     # optimizer (any torch.optim class)
     "optimizer.lr": greater_than(0),
     "optimizer.eps": greater_than(0),
@@ -194,6 +222,7 @@ RULES: dict[str, Rule] = {
     "trainer.accumulate_grad_batches": at_least(1),
     "trainer.limit_*_batches": greater_than(0),
     "trainer.num_sanity_val_steps": at_least(-1),
+    "trainer.accelerator": one_of(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
     "trainer.devices": Rule(
         ">= 1, 'auto', or a list of device indices",
         lambda value: value == "auto" or (isinstance(value, str) and value.strip("-").isdigit())
@@ -204,6 +233,14 @@ RULES: dict[str, Rule] = {
     "logger.wandb.mode": one_of(("auto", "online", "offline", "disabled", "dryrun")),
     "logger.wandb.init_timeout": greater_than(0),
     "logger.wandb.images_every_n_epochs": at_least(0),
+}
+
+#: The keys of a plain mapping that a class takes as one argument (annotated ``Mapping[str, Any]``): an
+#: unknown key is refused as in a section, and each value gets the rules of its dotted path. A mapping
+#: not listed here has its values checked against :data:`RULES` only.
+MAPPING_KEYS: dict[str, tuple[str, ...]] = {
+    "objective.warmup": ("steps", "epochs"),
+    "objective.capacity": ("max", "steps", "gamma"),
 }
 
 #: Arguments that ``vae_lab.build`` (or train) passes to a class itself: they must not be in the config.
@@ -402,8 +439,8 @@ def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Paramete
     return parameters, annotations
 
 
-def _rules_for(path: str) -> list[Rule]:
-    return [rule for pattern, rule in RULES.items() if fnmatch.fnmatchcase(path, pattern)]
+def _rules_for(path: str, rules: Mapping[str, Rule]) -> list[Rule]:
+    return [rule for pattern, rule in rules.items() if fnmatch.fnmatchcase(path, pattern)]
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -411,7 +448,8 @@ def _allows_none(annotation: Any) -> bool:
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, rules: Mapping[str, Rule]) -> None:
+        self.rules = rules
         self.problems: list[Problem] = []
 
     def add(self, path: str, value: Any, message: str) -> None:
@@ -443,16 +481,29 @@ class _Checker:
                          "groups); remove it from the config.")
                 continue
             if key not in parameters:
-                valid = sorted(name for name in parameters if name not in supplied)
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" Did you mean {close[0]}?" if close else ""
-                listing = f"Valid keys: {', '.join(valid)}." if valid else "It takes no keys."
-                self.add(key_path, value, f"unknown key for {what}.{hint} {listing}")
+                self.unknown(key_path, value, [name for name in parameters if name not in supplied], what)
                 continue
             self.value(key_path, value, annotations[key])
         for name, parameter in parameters.items():
             if parameter.default is inspect.Parameter.empty and name not in values and name not in supplied:
                 self.add(f"{prefix}{name}", _ABSENT, f"is required by {what} but not set.")
+
+    def unknown(self, path: str, value: Any, valid: Iterable[str], what: str) -> None:
+        """An unknown key: the valid ones, and the closest match."""
+        valid = sorted(valid)
+        close = difflib.get_close_matches(path.rsplit(".", 1)[-1], valid, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        listing = f"Valid keys: {', '.join(valid)}." if valid else "It takes no keys."
+        self.add(path, value, f"unknown key for {what}.{hint} {listing}")
+
+    def mapping(self, path: str, values: dict) -> None:
+        """A plain mapping (no ``_target_``, no dataclass): its keys (:data:`MAPPING_KEYS`) and values."""
+        known = MAPPING_KEYS.get(path)
+        for key, item in values.items():
+            if known is not None and key not in known:
+                self.unknown(f"{path}.{key}", item, known, path)
+            else:
+                self.value(f"{path}.{key}", item, Any)
 
     def target_class(self, path: str, values: dict) -> Any:
         target = values["_target_"]
@@ -473,12 +524,15 @@ class _Checker:
             nested = _dataclass_in(annotation)
             if "_target_" in value or nested is not None:
                 self.section(path, value, nested)
+            else:
+                self.mapping(path, value)
             return
         if value is None and _allows_none(annotation):
             return
-        for rule in _rules_for(path):
+        for rule in _rules_for(path, self.rules):
             if not rule.holds(value):
-                self.add(path, value, f"not allowed; must be {rule.allowed}.")
+                finite = not isinstance(value, float) or math.isfinite(value)
+                self.add(path, value, f"not allowed; must be {'' if finite else 'a finite number '}{rule.allowed}.")
 
 
 def import_object(dotted_path: str) -> Any:
@@ -542,8 +596,14 @@ CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data]
 
 
 # ---------------------------------------------------------------------------------------- entry point
-def find_problems(cfg: DictConfig | Mapping[str, Any]) -> list[Problem]:
-    """Every problem in a composed config (empty when it is valid)."""
+def find_problems(
+    cfg: DictConfig | Mapping[str, Any],
+    schema: Any = None,
+    rules: Mapping[str, Rule] | None = None,
+    cross_checks: Sequence[Callable[[dict], list[Problem]]] | None = None,
+) -> list[Problem]:
+    """Every problem in a composed config (empty when it is valid): by default a run's config
+    (:class:`RunSettings`, :data:`RULES`, :data:`CROSS_CHECKS`)."""
     if isinstance(cfg, DictConfig):
         try:
             config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -551,25 +611,81 @@ def find_problems(cfg: DictConfig | Mapping[str, Any]) -> list[Problem]:
             return [Problem(getattr(error, "full_key", "") or "config", _ABSENT, f"cannot be resolved: {error}")]
     else:
         config = dict(cfg)
-    checker = _Checker()
-    checker.section("", config, RunSettings)
+    checker = _Checker(RULES if rules is None else rules)
+    checker.section("", config, RunSettings if schema is None else schema)
     if not checker.problems:
-        for check in CROSS_CHECKS:
+        for check in CROSS_CHECKS if cross_checks is None else cross_checks:
             checker.problems += check(config)
     return checker.problems
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise one :class:`ConfigError` listing every problem of the config; return when it is valid."""
-    problems = find_problems(cfg)
+    raise_problems(find_problems(cfg))
+
+
+def raise_problems(
+    problems: Sequence[Problem],
+    what: str = "the config",
+    fix: str = "Fix the override or the yaml file (`python -m vae_lab.train --cfg job` prints the composed config).",
+) -> None:
+    """One :class:`ConfigError` listing every problem (``field=value: what is allowed``), if there are any."""
     if not problems:
         return
     listing = "\n".join(f"  - {problem}" for problem in problems)
     count = "a problem" if len(problems) == 1 else f"{len(problems)} problems"
-    raise ConfigError(
-        f"the config has {count}; nothing was run:\n{listing}\n"
-        "Fix the override or the yaml file (`python -m vae_lab.train --cfg job` prints the composed config)."
+    raise ConfigError(f"{what} has {count}; nothing was run:\n{listing}\n{fix}")
+
+
+# ---------------------------------------------------------------------------------------- python -m vae_lab.evaluate
+@dataclass
+class EvaluateSettings:
+    """conf/evaluate.yaml, the settings of ``python -m vae_lab.evaluate`` (add a field for a new key there)."""
+
+    run_dir: str | None = None
+    checkpoint: str | None = None
+    n_importance_samples: int = 5000
+    seed: int | None = None
+    memory_budget_mb: float | None = None
+    n_test_images: int | None = None
+    active_unit_threshold: float = 0.01
+    device: str = "auto"
+    threads: int | str | None = None
+    data_root: str | None = None
+    #: Update the training run's wandb record (vae_lab.wandb_run.record_evaluation).
+    wandb: bool = True
+
+
+#: The ranges of :class:`EvaluateSettings`: those of the ``eval`` block of a run, except that k >= 1
+#: (evaluating is what the command is for).
+EVALUATE_RULES: dict[str, Rule] = {
+    **{pattern.removeprefix("eval."): rule for pattern, rule in RULES.items() if pattern.startswith("eval.")},
+    "n_importance_samples": at_least(1),
+    "threads": RULES["threads"],
+}
+
+
+def validate_evaluate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """:func:`validate_config` for the config of ``python -m vae_lab.evaluate``: unknown keys (with the
+    closest match), types and ranges, all listed at once."""
+    raise_problems(
+        find_problems(cfg, EvaluateSettings, EVALUATE_RULES, cross_checks=()),
+        "the evaluation's settings",
+        "Fix the override (`python -m vae_lab.evaluate --cfg job` prints the settings; conf/evaluate.yaml documents them).",
     )
 
 
-__all__ = ["RULES", "CROSS_CHECKS", "SUPPLIED_BY_CODE", "Rule", "Problem", "find_problems", "validate_config"]
+__all__ = [
+    "CROSS_CHECKS",
+    "EVALUATE_RULES",
+    "MAPPING_KEYS",
+    "RULES",
+    "SUPPLIED_BY_CODE",
+    "EvaluateSettings",
+    "Problem",
+    "Rule",
+    "find_problems",
+    "raise_problems",
+    "validate_config",
+    "validate_evaluate_config",
+]

@@ -40,6 +40,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab import run_lock
 from vae_lab.errors import ConfigError
 from vae_lab.launchers import LauncherKind
 
@@ -224,7 +225,12 @@ class RankProcesses:
                 "hydra.output_subdir=null",
                 f"hydra.job.name=train_rank_{local_rank}",
             ]
-            self.processes.append(subprocess.Popen(command, env=child_environment, cwd=os.getcwd()))
+            # The ranks inherit the run dir's locked descriptor: the lock lasts until the last rank exits.
+            self.processes.append(
+                subprocess.Popen(
+                    command, env=child_environment, cwd=os.getcwd(), pass_fds=run_lock.inheritable_descriptors()
+                )
+            )
         self._watcher = threading.Thread(target=self._watch, name="vae_lab-rank-watcher", daemon=True)
         self._watcher.start()
 

@@ -14,7 +14,11 @@ class ConfigError(VaeLabError):
 
 
 class DataNotFoundError(VaeLabError):
-    """The data set's files are not where the config says they are."""
+    """The data set's files are not where the config says they are (or could not be downloaded)."""
+
+
+class DataFileError(VaeLabError):
+    """A data file that is there but is not the file it should be (truncated, foreign, damaged)."""
 
 
 class CheckpointError(VaeLabError):

@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab import run_lock
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 
 CONFIG_PATH = "pkg://vae_lab.conf"
@@ -63,9 +64,10 @@ def read_summary(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one.") from error
 
 
-def read_state_dict(checkpoint: Path) -> dict[str, Any]:
+def read_state_dict(checkpoint: Path, config: DictConfig | None = None, config_source: str = "") -> dict[str, Any]:
     """The model parameters in a Lightning checkpoint; CheckpointError when the file is missing,
-    truncated, not a Lightning checkpoint or holds non-finite weights (vae_lab.checkpoints)."""
+    truncated, corrupt, not a Lightning checkpoint, holds non-finite weights, or was written with
+    other model or data settings than ``config`` (from ``config_source``) (vae_lab.checkpoints)."""
     from vae_lab.checkpoints import check_checkpoint
 
     if not checkpoint.is_file():
@@ -74,7 +76,8 @@ def read_state_dict(checkpoint: Path) -> dict[str, Any]:
             f"no checkpoint at {checkpoint}"
             + (f" (that folder holds: {', '.join(listing)}); pass checkpoint=<one of them>." if listing else ".")
         )
-    content = check_checkpoint(checkpoint)
+    resolved = None if config is None else OmegaConf.to_container(config, resolve=True)
+    content = check_checkpoint(checkpoint, config=resolved, config_source=config_source or "the run's config")
     # A model compiled with torch.compile saves its parameters under `_orig_mod.`.
     return {key.replace("_orig_mod.", ""): value for key, value in content["state_dict"].items()}
 
@@ -94,12 +97,28 @@ def load_weights(model: Any, checkpoint: Path, state_dict: dict[str, Any] | None
         ) from error
 
 
-def pick_device(name: str) -> str:
-    import torch
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config (``<run dir>/.hydra/config.yaml``); ConfigError naming the file when it
+    is not readable YAML, or not a config this version of vae_lab can build."""
+    import yaml
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    from vae_lab.config_schema import validate_config
+
+    path = run_dir / RUN_CONFIG
+    try:
+        run_cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as error:
+        raise ConfigError(
+            f"{path} cannot be read as the run's config ({' '.join(str(error).split())[:300]}). It is written by "
+            "`python -m vae_lab.train` when the run starts: restore it from a copy, or re-run the training."
+        ) from error
+    if not isinstance(run_cfg, DictConfig):
+        raise ConfigError(f"{path} holds a {type(run_cfg).__name__}, not the run's config (a mapping); restore it.")
+    try:
+        validate_config(run_cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{path}, the run's saved config: {error}") from None
+    return run_cfg
 
 
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
@@ -107,15 +126,22 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from vae_lab.build import build_datamodule, build_model
+    from vae_lab.config_schema import validate_evaluate_config
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
+    from vae_lab.machine_checks import evaluation_device
+    from vae_lab.provenance import provenance
     from vae_lab.threads import choose_threads
 
+    validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
+    device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
     run_dir, checkpoint = locate(cfg.run_dir, cfg.checkpoint)
-    state_dict = read_state_dict(checkpoint)  # a bad checkpoint is refused before anything is built
-    run_cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    run_lock.lock(run_dir, "python -m vae_lab.evaluate")  # one writer per run dir: refused while a run holds it
+    run_cfg = load_run_config(run_dir)
     if cfg.data_root:
         run_cfg.data.root = cfg.data_root
+    # A bad checkpoint, or one of other settings than the run's config, is refused before anything is built.
+    state_dict = read_state_dict(checkpoint, run_cfg, str(run_dir / RUN_CONFIG))
     seed = cfg.seed
     if seed is None:
         seed = OmegaConf.select(run_cfg, "eval.seed", default=None)
@@ -132,12 +158,11 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg)
     model = build_model(run_cfg, datamodule)
     load_weights(model, checkpoint, state_dict)
-    device = pick_device(cfg.device)
     model.to(device)
     threads = cfg.threads or run_cfg.get("threads")
     if threads:  # a number, or auto: by model size, as in training (vae_lab/threads.py)
         torch.set_num_threads(
-            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=torch.device(device).type)
+            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=device.type)
         )
     datamodule.setup("test")
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
@@ -148,8 +173,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     summary["evaluation"] = {
         **result.details(),
         "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
+        "provenance": provenance(device),
     }
     write_json_atomically(summary_path, summary)
+    run_lock.release(run_dir)
     if cfg.get("wandb", True):
         from vae_lab.wandb_run import record_evaluation
 

@@ -102,16 +102,21 @@ class ChunkPlan:
 def decoded_values_per_sample(model: VAE) -> tuple[int, int]:
     """(values of all decoder activations, values of the decoder output) for one z: measured by
     running the decoder once with hooks on its leaf modules, so that it holds for any network."""
+    return decoder_values_per_sample(model.decoder, model.prior.latent_dim)
+
+
+def decoder_values_per_sample(decoder: torch.nn.Module, latent_dim: int) -> tuple[int, int]:
+    """:func:`decoded_values_per_sample` of a decoder on its own (on the ``meta`` device it costs no memory)."""
     sizes: list[int] = []
     hooks = [
         module.register_forward_hook(lambda module, inputs, output: sizes.append(output.numel()))
-        for module in model.decoder.modules()
+        for module in decoder.modules()
         if not any(module.children())
     ]
     try:
-        parameter = next(model.parameters())
+        parameter = next(decoder.parameters())
         with torch.inference_mode():
-            output = model.decoder(torch.zeros(1, model.prior.latent_dim, device=parameter.device, dtype=parameter.dtype))
+            output = decoder(torch.zeros(1, latent_dim, device=parameter.device, dtype=parameter.dtype))
     finally:
         for hook in hooks:
             hook.remove()

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+#: The temporary files of :func:`write_atomically` are ``.<name>.<8 hex digits>.tmp`` beside the file.
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, created with mode 0666 less the umask (as ``open`` does
+    for every other output; ``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(temporary)
+        except FileExistsError:
+            continue
+
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(handle)`` to a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path``: a reader (or a crash) never sees a half-written file."""
+    rename it over ``path``: a reader (or a crash) never sees a half-written file. A process killed
+    meanwhile leaves the temporary file; :func:`remove_temporaries` clears it when the run starts again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -25,6 +40,17 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`write_atomically` calls killed mid-write left anywhere
+    under ``directory`` (only by a process that owns it: a live writer's file would go too). Returns them."""
+    removed = []
+    for temporary in Path(directory).rglob(f".*{TEMPORARY_SUFFIX}"):
+        if temporary.is_file():
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
 
 
 def write_json_atomically(path: str | os.PathLike, value: Any) -> None:

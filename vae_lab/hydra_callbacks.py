@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from vae_lab.errors import ConfigError
+from vae_lab.errors import ConfigError, VaeLabError
 from vae_lab.files import check_writable_directory
 from vae_lab.run_state import LAST_CHECKPOINT, SUMMARY
 
@@ -36,6 +38,13 @@ class OutputDirCheck(Callback):
 
     @staticmethod
     def _check(directory: str, key: str) -> None:
+        if not str(directory).strip():
+            print(
+                f"vae_lab: error: {key} is empty, which would write the run into the current directory; nothing was "
+                f"run. Give it a directory ({key}=<dir>), or leave it out for the default under outputs/.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         target = Path(directory)
         existing = nearest_existing(target)
         try:
@@ -71,3 +80,53 @@ class OccupiedSweepDirGuard(Callback):
                 file=sys.stderr,
             )
             raise SystemExit(2)
+
+
+class RunDirectoryGuard(Callback):
+    """A single run's launch is accepted or refused before Hydra writes anything into its run
+    directory (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml`` and the log file are
+    written when the job starts, before the task function, so a check there would come too late):
+    the directory is locked (vae_lab.run_lock; refused when a live process holds it) and the launch
+    planned (vae_lab.run_state.accept_launch: refused when it holds another run). A refused launch
+    exits 2 and changes nothing there; a complete run skipped by ``resume=true`` exits 0, untouched.
+    The lock stays held for the run (vae_lab.jobs releases it when the job ends).
+
+    Multirun jobs are checked and locked by vae_lab.jobs when they start: Hydra has no callback
+    between choosing a job's directory and writing its ``.hydra/`` files."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vae_lab import distributed
+        from vae_lab.run_state import accept_launch
+
+        if os.environ.get(distributed.LAUNCHED_BY) or distributed.global_rank_from_environment() != 0:
+            return  # a rank of a job whose rank 0 holds the lock and made the plan
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        try:
+            plan = accept_launch(
+                run_dir,
+                config.get("resume") is True,  # anything else is refused by validate_config, as not resuming
+                self._resolved_task_config(config, run_dir),
+                distributed.launch_attempt(),
+                os.environ.get("WANDB_RUN_ID"),
+            )
+        except VaeLabError as error:
+            print(f"vae_lab: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if plan.skip:
+            extend = "a larger trainer.max_epochs extends it"
+            print(f"vae_lab: {run_dir} holds a complete run; skipped (resume=true; {extend}).", flush=True)
+            raise SystemExit(0)
+
+    @staticmethod
+    def _resolved_task_config(config: DictConfig, run_dir: Path) -> dict[str, Any]:
+        """The job's config without ``hydra``, resolved as the job will see it (``${hydra:...}`` included)."""
+        from hydra.core.hydra_config import HydraConfig
+
+        with_runtime = copy.deepcopy(config)
+        with read_write(with_runtime.hydra.runtime), open_dict(with_runtime.hydra.runtime):
+            with_runtime.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(with_runtime)  # Hydra sets it again when the job starts
+        task = copy.deepcopy(with_runtime)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        return OmegaConf.to_container(task, resolve=True)

@@ -7,7 +7,8 @@ any rank: what it may use, whether it runs at all, how it is named in wandb, and
    under ``hydra/launcher=joblib``, hold this worker's GPU lease or use ``cores // workers`` CPU
    threads (vae_lab.devices).
 2. Plan (vae_lab.run_state): fresh, resume from ``checkpoints/last.ckpt`` (``resume=true``), skip a
-   complete run, or refuse a directory that holds another run. Rank 0 marks the run ``running``
+   complete run, or refuse a directory that holds another run. Rank 0 decides under the run
+   directory's lock (vae_lab.run_lock), held until the job ends, and marks the run ``running``
    in ``summary.json`` with its resolved config and wandb run id.
 3. Train. Ranks 1..N-1 are started by vae_lab (vae_lab.distributed) and write nothing; rank 0
    writes checkpoints, images, ``summary.json`` and the wandb run.
@@ -37,7 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab import distributed, run_state
+from vae_lab import distributed, run_lock, run_state
 from vae_lab.errors import RunInterrupted, VaeLabError
 from vae_lab.launchers import LauncherKind, launcher_kind
 
@@ -158,7 +159,9 @@ class Job:
 
             torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
-        self.plan = run_state.plan_launch(
+        # Rank 0 decides under the run dir's lock (vae_lab.run_lock), which it holds until the job ends.
+        decide = run_state.accept_launch if self.is_rank_zero and not self.started_by_vae_lab else run_state.plan_launch
+        self.plan = decide(
             self.run_dir,
             bool(cfg.get("resume", False)),
             OmegaConf.to_container(cfg, resolve=True),
@@ -183,6 +186,7 @@ class Job:
                 f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true "
                 f"hydra.run.dir={self.run_dir})"
             )
+        run_state.tidy_for_start(self.run_dir, self.plan)
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
         self.running = True
@@ -288,7 +292,7 @@ class Job:
             previous = run_state.read_summary(self.run_dir) or {}
         except VaeLabError:
             previous = {}
-        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted"):
+        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted", "diverged"):
             return  # train() recorded it
         try:
             from vae_lab.interrupts import GracefulInterrupt
@@ -352,6 +356,7 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig, Job], dict[str, Any]])
         raise _error_to_raise(job, error) from None
     finally:
         job.close()
+        run_lock.release(job.run_dir)
         _restore_environment(saved_environment)
 
 

@@ -8,9 +8,11 @@ what a new launch into it does: start fresh, resume, skip, or refuse.
 - ``complete``: written when it ends (the full summary of vae_lab.train);
 - ``failed`` / ``interrupted``: written when it raised or was stopped by a signal (vae_lab.stopped_runs).
 
-With ``resume=true`` a complete run is skipped, and any other run continues from its last
-epoch-end checkpoint (``checkpoints/last.ckpt``, written at the end of every epoch) in the same
-directory with the same wandb run id; with no checkpoint yet it starts over. A resumed run must
+With ``resume=true`` a complete run is skipped (or, given a larger ``trainer.max_epochs`` than it was
+trained with, extended: it trains the extra epochs from its last checkpoint and is evaluated again),
+and any other run continues from its last epoch-end checkpoint (``checkpoints/last.ckpt``, written at
+the end of every epoch) in the same directory with the same wandb run id; with no checkpoint yet it
+starts over (its stale checkpoints removed first, :func:`tidy_for_start`). A resumed run must
 have the config it was started with, except for the keys in :data:`MAY_CHANGE_ON_RESUME`.
 A run killed mid-epoch resumes from the end of the last finished epoch and repeats the rest: the
 data order and all noise are functions of (seed, epoch, rank), so the repeated epoch draws what the
@@ -18,6 +20,9 @@ killed one drew and the resumed run ends where the uninterrupted one would have.
 
 Without ``resume=true`` a directory that already holds a run is refused, so that two runs never
 mix their checkpoints.
+
+:func:`accept_launch` makes that decision under the run directory's lock (vae_lab.run_lock), before
+anything is written there: a refused launch leaves every file of the directory as it was.
 """
 
 from __future__ import annotations
@@ -29,14 +34,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vae_lab import run_lock
 from vae_lab.errors import ConfigError
-from vae_lab.files import write_json_atomically
+from vae_lab.files import remove_temporaries, write_json_atomically
 
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
-#: Config keys a resumed run may change: where the data is, CPU threads, logging, and how long to train.
-MAY_CHANGE_ON_RESUME = ("resume", "data.root", "threads", "trainer.max_epochs", "logger")
+#: Config keys (with everything below them) that may differ between a checkpoint and the config
+#: that loads it, and between a run and its resumption (``resume=true``): none of them changes what
+#: the model is or which data it learns from.
+MAY_CHANGE_ON_RESUME = (
+    "resume",  # how this launch starts
+    "data.root",  # where the data is
+    "data.download",
+    "data.mirror",
+    "data.verify",
+    "data.loader",  # how batches are served (the same order and draws either way)
+    "data.num_workers",
+    "threads",  # speed
+    "compile",
+    "trainer.accelerator",  # where it runs
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.max_epochs",  # to extend a run
+    "trainer.enable_progress_bar",  # console
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "check_finite_every_n_steps",  # monitoring only
+    "eval",  # the evaluation settings
+    "logger",  # where metrics go
+)
 
 
 def new_run_id() -> str:
@@ -64,13 +93,15 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def config_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key: before -> now`` for every resolved config value that differs, except the keys a
-    resumed run may change."""
+def config_differences(
+    before: dict[str, Any], now: dict[str, Any], may_change: tuple[str, ...] = MAY_CHANGE_ON_RESUME
+) -> list[str]:
+    """``key: before -> now`` for every resolved config value that differs, except the keys in
+    ``may_change`` (and below them; by default the keys a resumed run may change)."""
     old, new = _flatten(before), _flatten(now)
     changed = []
     for key in sorted(set(old) | set(new)):
-        if any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE_ON_RESUME):
+        if any(key == allowed or key.startswith(allowed + ".") for allowed in may_change):
             continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             changed.append(f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}")
@@ -122,7 +153,7 @@ def plan_launch(
     if not resume:
         raise ConfigError(
             f"{run_dir} already holds a run (status: {status}). Pass resume=true to continue it (a complete run "
-            "is skipped), or give this run its own output directory (hydra.run.dir=..., or hydra.sweep.dir=... "
+            "is skipped, or extended with a larger trainer.max_epochs), or give this run its own output directory (hydra.run.dir=..., or hydra.sweep.dir=... "
             "for a multirun)."
         )
     if previous is not None and "config" in previous:
@@ -136,9 +167,62 @@ def plan_launch(
                 "so that job numbers now name other settings: use a new hydra.sweep.dir."
             )
     if status == "complete":
-        return LaunchPlan("skip", None, (previous or {}).get("wandb_run_id") or new_run_id(), previous)
+        run_id = (previous or {}).get("wandb_run_id") or new_run_id()
+        if checkpoint.is_file() and _max_epochs(config) > _max_epochs((previous or {}).get("config") or {}):
+            return LaunchPlan("resume", checkpoint, run_id, previous)  # extend it by the extra epochs
+        return LaunchPlan("skip", None, run_id, previous)
     run_id = wandb_run_id or (previous or {}).get("wandb_run_id") or new_run_id()
     return LaunchPlan("resume" if checkpoint.is_file() else "fresh", checkpoint if checkpoint.is_file() else None, run_id, previous)
+
+
+def _max_epochs(config: dict[str, Any]) -> int:
+    value = (config.get("trainer") or {}).get("max_epochs")
+    return value if isinstance(value, int) and value >= 0 else -1
+
+
+def accept_launch(
+    run_dir: Path,
+    resume: bool,
+    config: dict[str, Any],
+    attempt: str | None = None,
+    wandb_run_id: str | None = None,
+    purpose: str = "python -m vae_lab.train",
+) -> LaunchPlan:
+    """:func:`plan_launch` under the run directory's lock: returns the plan with the lock held and
+    named after this process (for "fresh" and "resume"; a "skip" holds nothing). A directory whose
+    lock a live process holds (:class:`~vae_lab.run_lock.RunDirectoryBusy`) or that the plan refuses
+    is left exactly as it was: the existing lock file is locked without writing, and one is created
+    only once the plan accepts the launch."""
+    run_dir = Path(run_dir)
+    lock = run_lock.lock_existing(run_dir)
+    try:
+        plan = plan_launch(run_dir, resume, config, attempt, wandb_run_id)
+        if plan.skip:
+            run_lock.release(run_dir)
+            return plan
+        if lock is None:  # no lock file yet: create it, then decide again under the lock
+            run_lock.lock(run_dir, purpose)
+            plan = plan_launch(run_dir, resume, config, attempt, wandb_run_id)
+        else:
+            lock.claim(purpose)
+        return plan
+    except BaseException:
+        run_lock.release(run_dir)
+        raise
+
+
+def tidy_for_start(run_dir: Path, plan: LaunchPlan) -> list[Path]:
+    """What a run killed earlier left behind that the starting run would trip over, removed (by the
+    run's rank 0, under its lock): the temporary files of interrupted atomic writes, and, when the run
+    starts afresh (no ``last.ckpt`` to resume from), the old run's checkpoints, since the best-checkpoint
+    callback would otherwise write ``best-v1.ckpt`` beside a stale ``best.ckpt``. Returns what it removed."""
+    removed = remove_temporaries(run_dir)
+    if plan.checkpoint is None:
+        for pattern in ("best*.ckpt", "last*.ckpt"):
+            for path in (Path(run_dir) / LAST_CHECKPOINT.parent).glob(pattern):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 # ---------------------------------------------------------------------- summary.json states

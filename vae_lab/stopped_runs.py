@@ -1,5 +1,6 @@
 """What a run leaves behind when it does not finish: a failure or an interruption is recorded in
-its ``summary.json`` (``"status": "failed"`` or ``"interrupted"``), its wandb run is finished with a
+its ``summary.json`` (``"status": "failed"``, ``"interrupted"``, or ``"diverged"`` when training
+stopped on a non-finite or diverged loss, see vae_lab.finite_guard), its wandb run is finished with a
 non-zero exit code, and the person running it gets one message saying what happened and what to do.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_lab.checkpoints import last_checkpoint
-from vae_lab.errors import RunInterrupted
+from vae_lab.errors import NumericalError, RunInterrupted
 from vae_lab.files import write_json_atomically
 from vae_lab.interrupts import GracefulInterrupt, resume_command
 
@@ -50,7 +51,11 @@ def record_stopped_run(
         exit_code = 128 + int(received)
     elif isinstance(error, Exception):
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip().splitlines()
-        status = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": trace[-30:]}
+        status = {
+            "status": "diverged" if isinstance(error, NumericalError) else "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": trace[-30:],
+        }
         replacement, exit_code = error, 1
     else:  # SystemExit and the like: nothing to record
         return error

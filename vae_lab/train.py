@@ -34,6 +34,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     import torch
 
     from vae_lab.build import build_datamodule, build_model
+    from vae_lab.checkpoint_integrity import CheckpointRecord
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.compilation import compile_networks
@@ -46,6 +47,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
+    from vae_lab.machine_checks import check_training_machine
+    from vae_lab.provenance import provenance_fields
     from vae_lab.resume import keep_logged_epochs
     from vae_lab.step_overheads import step_overhead_callbacks
     from vae_lab.stopped_runs import record_stopped_run
@@ -55,6 +58,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
 
     route_lightning_logs()  # Lightning's lines once, into train.log too
     validate_config(cfg)  # every key, type and range, before any work
+    check_training_machine(cfg)  # the devices it asks for and the memory it needs, on this machine
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     check_writable_directory(run_dir)
@@ -68,7 +72,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
     loggers: list[Any] = [metrics_csv_logger(run_dir)]
     if resume_from is not None and job.is_rank_zero:
-        keep_logged_epochs(loggers[0], through_epoch=check_checkpoint(resume_from, model)["epoch"])
+        resumed = check_checkpoint(resume_from, model, config=resolved_config)  # whole, same settings
+        keep_logged_epochs(loggers[0], through_epoch=resumed["epoch"])
     elif cfg.resume:
         log.info(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
 
@@ -80,7 +85,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
 
     checkpoints, last_epoch = checkpoint_callbacks(run_dir)
     interrupt = GracefulInterrupt()
-    callbacks: list[Any] = [checkpoints, last_epoch, interrupt, *job.trainer_callbacks()]
+    record = CheckpointRecord(resolved_config)  # the config and provenance travel inside every checkpoint
+    callbacks: list[Any] = [checkpoints, last_epoch, record, interrupt, *job.trainer_callbacks()]
     callbacks += [*configured_callbacks(cfg), *wandb_callbacks(wandb_logger, cfg.logger.get("wandb"))]
     if cfg.check_finite_every_n_steps:
         callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
@@ -118,6 +124,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         # A failure or an interruption: record it (summary.json, wandb) and say what to do.
         known = {
             **job.summary_fields(),
+            **provenance_fields(trainer.strategy.root_device),
             "config": resolved_config,
             "choices": dict(hydra_config.runtime.choices),
             "overrides": list(hydra_config.overrides.task),
@@ -161,6 +168,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         summary = {
             **job.summary_fields(),
             "status": "complete",
+            **provenance_fields(trainer.strategy.root_device),
             "config": resolved_config,
             "choices": dict(hydra_config.runtime.choices),
             "overrides": list(hydra_config.overrides.task),

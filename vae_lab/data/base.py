@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 from vae_lab.data.batches import InMemoryBatches
 from vae_lab.data.dataloader import DataLoaderBatches, UInt8Images
 from vae_lab.data_forms import DataForm
-from vae_lab.errors import ConfigError, DataNotFoundError
+from vae_lab.errors import ConfigError, DataFileError, DataNotFoundError
 
 BINARIZATIONS = ("dynamic", "static", "none")
 LOADERS = ("memory", "torchvision")
@@ -61,6 +61,10 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     ``torch.utils.data.DataLoader`` with ``num_workers`` workers over torchvision's data set
     (:mod:`vae_lab.data.dataloader`), the path for data that does not fit in memory. Validation
     and test sets are drawn once and held in memory in both cases.
+
+    The files are fetched (``download=true``, from ``mirror`` when set) and verified
+    (:meth:`prepare_data`) before the first read: sizes, formats and image counts always, the
+    official checksums unless ``verify=false`` (hand-made files of the official format).
     """
 
     #: (channels, height, width) of the images.
@@ -87,6 +91,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         train_subset: int | None = None,
         loader: str = "memory",
         num_workers: int = 0,
+        mirror: str | None = None,
+        verify: bool = True,
     ) -> None:
         super().__init__()
         if loader not in LOADERS:
@@ -108,11 +114,13 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         self.train_subset = train_subset
         self.loader = loader
         self.num_workers = num_workers
+        self.mirror = mirror
+        self.verify = verify
+        #: Whether :meth:`prepare_data` has found (or fetched) and verified every file.
+        self.files_ready = False
         self.splits: dict[str, torch.Tensor] = {}
         #: Positions of the training images in the file's training set (the torchvision path's subset).
         self.train_indices = torch.empty(0, dtype=torch.long)
-        if not download:
-            self.check_files()
 
     @property
     def n_dims(self) -> int:
@@ -157,9 +165,17 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def how_to_get(self) -> str:
         """One or two sentences on where to obtain the files."""
 
+    @abc.abstractmethod
+    def file_problems(self) -> list[str]:
+        """What is wrong with the files that are there, one line per problem naming the file and the
+        fix (checksums only with ``verify``); empty when every file is sound."""
+
+    def missing_files(self) -> list[Path]:
+        return [path for path in self.expected_files() if not path.is_file()]
+
     def check_files(self) -> None:
         """Raise one clear error naming every missing file, before any other work starts."""
-        missing = [path for path in self.expected_files() if not path.is_file()]
+        missing = self.missing_files()
         if missing:
             listing = "\n".join(f"  - {path}" for path in missing)
             raise DataNotFoundError(
@@ -173,13 +189,45 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def load_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(training images, test images) as uint8 tensors of shape [N, C, H, W]."""
 
+    def verify_files(self) -> None:
+        """Raise one :class:`DataFileError` listing every damaged or foreign file (see :meth:`file_problems`)."""
+        problems = self.file_problems()
+        if problems:
+            listing = "\n".join(f"  - {problem}" for problem in problems)
+            raise DataFileError(f"{self.name} at data root {self.root} cannot be used:\n{listing}")
+
     def prepare_data(self) -> None:
-        if self.download:
-            self.download_files()
+        """Make the files ready before anything reads them: fetch the missing ones (``download=true``),
+        then refuse missing, damaged or foreign files with one clear error. Runs once per data module,
+        at the first of :func:`vae_lab.build.build_datamodule`, :meth:`setup` (the output-bias
+        initialisation and the VampPrior read the training set before any Trainer exists) and the
+        Trainer's own call."""
+        if self.files_ready:
+            return
+        if self.download and self.missing_files():
+            self.download_missing_files()
         self.check_files()
+        self.verify_files()
+        self.files_ready = True
+
+    def download_missing_files(self) -> None:
+        """:meth:`download_files` under a file lock in the data root: parallel sweep jobs share the
+        root, so one downloads and the others wait, then find the files."""
+        from filelock import FileLock
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.root / f".{self.name.lower()}.lock")):
+                if self.missing_files():  # another job may have fetched them while this one waited
+                    self.download_files()
+        except OSError as error:
+            raise DataNotFoundError(
+                f"data.download=true cannot write {self.name} into the data root {self.root} "
+                f"({error.strerror or error}: {error.filename or self.root}); choose a writable data.root=<folder>."
+            ) from None
 
     def download_files(self) -> None:
-        """Fetch the files (needs network); subclasses that can download override this."""
+        """Fetch the missing files (network or ``mirror``); subclasses that can download override this."""
         raise DataNotFoundError(f"{self.name} cannot be downloaded by vae_lab. {self.how_to_get()}")
 
     def torchvision_train_set(self) -> Dataset:
@@ -191,6 +239,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        self.prepare_data()
         train_and_val, test = self.load_uint8()
         if self.val_size >= train_and_val.shape[0]:
             raise ConfigError(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import Categorical, Distribution, constraints
-from torch.nn.functional import log_softmax, softplus
+from torch.nn.functional import log_softmax, logsigmoid
 
 from vae_lab.data_forms import DataForm
 from vae_lab.errors import ConfigError
@@ -13,6 +15,19 @@ from vae_lab.likelihoods.base import Likelihood
 N_VALUES = 256
 #: Half the width of one bin on the [-1, 1] scale the logistics live on.
 HALF_BIN = 1.0 / (N_VALUES - 1)
+#: Below this log w, log(1 - e^-w) is taken from its series log w - w/2 (error w^2/24 < 1e-35), so that
+#: a w that underflows (log s above about 98 in float32) still gives a finite mass and gradient.
+SERIES_BELOW_LOG_WIDTH = -40.0
+
+
+def log_one_minus_exp_minus(log_w: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^-w) for w = e^log_w > 0, given log w: the log of an interior bin's mass relative to
+    sigma(upper) (1 - sigma(lower)). ``log(-expm1(-w))`` is exact to rounding for w >= e^-40; below,
+    the series, whose branch is fed a safe w so that neither branch's gradient is NaN."""
+    w = torch.exp(log_w)
+    small = log_w < SERIES_BELOW_LOG_WIDTH
+    direct = torch.log(-torch.expm1(-torch.where(small, torch.ones_like(w), w)))
+    return torch.where(small, log_w - 0.5 * w, direct)
 
 
 def to_logistic_scale(pixels: torch.Tensor) -> torch.Tensor:
@@ -28,13 +43,16 @@ class DiscretizedLogisticMixture(Distribution):
     and x = 255 all the mass above its lower edge, 1 - sigma((1 - 1/255 - mu) / s); the 256 masses
     sum to 1 for any parameters.
 
-    Numerics: every term is in log space. log sigma(a) = -softplus(-a), log(1 - sigma(b)) = -softplus(b),
+    Numerics: every term is in log space, log sigma(a) = logsigmoid(a), log(1 - sigma(b)) = logsigmoid(-b)
+    (softplus would drop its log1p(e^-x) above its threshold 20: 2e-9 nats),
     and an interior bin's mass uses the identity
         sigma(a) - sigma(b) = sigma(a) sigma(-b) (1 - e^-(a - b)),  a = upper, b = lower edge,
-    so log P = -softplus(-a) - softplus(b) + log(-expm1(b - a)). It is exact and cannot underflow:
-    PixelCNN++ subtracts the two sigmoids, which cancels to 0 in float32 when both edges are far in
-    a tail, and so falls back to the density at the bin centre times the bin width there; with the
-    identity that fallback (an approximation) is never needed.
+    so log P = logsigmoid(a) + logsigmoid(-b) + log(1 - e^-(a - b)), with a - b = (2/255) / s taken from
+    log s (never as the difference of the two edges, which is 0 in float32 once |mu| is near 1e6, and
+    0.004 nats off at |mu| = 1e3). It is exact and cannot underflow: PixelCNN++ subtracts the two
+    sigmoids, which cancels to 0 in float32 when both edges are far in a tail, and so falls back to
+    the density at the bin centre times the bin width there; with the identity that fallback (an
+    approximation) is never needed.
 
     Parameters, each ``[..., K]`` (mixture components last): ``mixture_logits`` (log pi up to a
     constant), ``means`` mu on [-1, 1], ``log_scales`` log s. Batch shape is ``[...]``.
@@ -66,9 +84,11 @@ class DiscretizedLogisticMixture(Distribution):
         inverse_scale = torch.exp(-self.log_scales)
         upper = inverse_scale * (centred + HALF_BIN)
         lower = inverse_scale * (centred - HALF_BIN)
-        log_mass_below_upper = -softplus(-upper)  # log sigma(upper): the whole mass of bin 0
-        log_mass_above_lower = -softplus(lower)  # log (1 - sigma(lower)): the whole mass of bin 255
-        log_bin_mass = log_mass_below_upper + log_mass_above_lower + torch.log(-torch.expm1(lower - upper))
+        log_mass_below_upper = logsigmoid(upper)  # log sigma(upper): the whole mass of bin 0
+        log_mass_above_lower = logsigmoid(-lower)  # log (1 - sigma(lower)): the whole mass of bin 255
+        # upper - lower = (2/255) / s, taken from log s: subtracting the two edges cancels once |mu| is large.
+        log_width = math.log(2.0 * HALF_BIN) - self.log_scales
+        log_bin_mass = log_mass_below_upper + log_mass_above_lower + log_one_minus_exp_minus(log_width)
         log_mass = torch.where(
             value < 0.5,
             log_mass_below_upper,

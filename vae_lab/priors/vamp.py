@@ -85,13 +85,19 @@ class VampPrior(Prior):
     def mixture(self) -> MixtureSameFamily:
         """1/K sum_k q(z | u_k) as a ``torch.distributions`` mixture with event shape (latent_dim,)."""
         components = self.encoder(self.pseudo_inputs())  # q(z | u_k): batch shape [K], event (latent_dim,)
-        uniform = Categorical(logits=torch.zeros(self.n_pseudo_inputs, device=self.pseudo_input_logits.device))
+        uniform = Categorical(logits=self.log_weights(), validate_args=False)
         return MixtureSameFamily(uniform, components, validate_args=False)
+
+    def log_weights(self) -> torch.Tensor:
+        """log(1/K) for each component, in the model's dtype and device (a float32 -log K in a float64
+        model would be off by up to 1e-7 nats)."""
+        like = self.pseudo_input_logits
+        value = -math.log(self.n_pseudo_inputs)
+        return torch.full((self.n_pseudo_inputs,), value, dtype=like.dtype, device=like.device)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         posteriors = self.encoder(self.pseudo_inputs()).base_dist  # q(z | u_k): [K, latent_dim]
-        log_weights = torch.full((self.n_pseudo_inputs,), -math.log(self.n_pseudo_inputs), device=z.device)
-        return diagonal_gaussian_mixture_log_prob(z, posteriors.loc, posteriors.scale, log_weights)
+        return diagonal_gaussian_mixture_log_prob(z, posteriors.loc, posteriors.scale, self.log_weights())
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

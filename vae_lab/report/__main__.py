@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = files.report.status_counts()
     print(f"vae_lab.report: {len(files.report.rows)} settings from {len(files.report.jobs)} jobs ({counts})")
     for job in files.report.not_complete:
-        print(f"vae_lab.report: {job.status}: {job.directory} ({' '.join(job.overrides)})")
+        for where in job.unreadable or [str(job.directory)]:  # an unreadable job: <file>: <reason>
+            print(f"vae_lab.report: {job.status}: {where} ({' '.join(job.overrides)})")
     print(f"vae_lab.report: wandb: {files.wandb}")
     print(f"vae_lab.report: wrote {files.markdown}, {files.csv.name}, {files.html.name} and {len(files.plots)} plots in {files.plots[0].parent if files.plots else '-'}")
     return 0

@@ -8,7 +8,7 @@ import html
 import os
 from pathlib import Path
 
-from vae_lab.report.table import Report, job_cells, markdown_table, table_cells
+from vae_lab.report.table import NOT_COMPLETE, Report, job_cells, markdown_table, table_cells
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -27,7 +27,7 @@ code { background: #f4f4f4; padding: 1px 4px; }
 
 def headline(report: Report) -> str:
     counts = report.status_counts()
-    order = ["complete", "failed", "unfinished", "pending"]
+    order = ["complete", *NOT_COMPLETE]
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)] + [f"{n} {s}" for s, n in counts.items() if s not in order]
     axes = ", ".join(report.axes) or "none (one setting)"
     return f"{len(report.jobs)} jobs ({', '.join(parts)}); swept axes: {axes}; seeds are replicates."

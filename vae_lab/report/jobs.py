@@ -3,7 +3,9 @@
 A job is a directory holding ``.hydra/`` or ``summary.json``. Its status: ``complete`` (summary.json
 with status complete), ``failed`` (summary.json with status failed, or no summary.json but the
 ``failure.json`` that :class:`vae_lab.sweep_progress.SweepProgress` writes when a job raises),
-``unfinished`` (neither: still running, killed, or exited without either), or ``pending`` (planned by
+``unfinished`` (neither: still running, killed, or exited without either), ``unreadable`` (its
+summary.json, failure.json or metrics.csv exists but cannot be read: the job is listed with the file
+and the reason, never taken for unfinished nor averaged into the table), or ``pending`` (planned by
 the sweep's ``multirun.yaml`` but no directory yet). The swept axes are the override keys whose values differ
 between jobs; ``seed`` is the replicate axis, never an axis of the table.
 """
@@ -28,6 +30,15 @@ NOT_AXES = ("hydra.", "hydra/", "data.root", "resume", "logger.wandb.group", "lo
 NOT_JOB_DIRECTORIES = {"wandb", "checkpoints", "images", "report_plots", ".hydra", ".submitit", "__pycache__"}
 MAX_DEPTH = 4
 DEFAULT_VALUE = "(default)"
+UNREADABLE = "unreadable"
+
+
+class UnreadableFile(Exception):
+    """A job's file exists but does not hold what the report reads; ``str()`` is ``<path>: <reason>``."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 @dataclass
@@ -38,6 +49,10 @@ class Job:
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, Any] = field(default_factory=dict)
+    #: (epochs trained, val/elbo) after each training epoch, from metrics.csv (see read_validation_curve).
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    #: ``<path>: <reason>`` of each file of the job that could not be read (status ``unreadable``).
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def override_values(self) -> dict[str, str]:
@@ -72,26 +87,13 @@ class Job:
 
     @property
     def error(self) -> str | None:
+        if self.unreadable:
+            return "; ".join(self.unreadable)
         return self.summary.get("error") or self.summary.get("failure") if self.summary else None
 
     def validation_curve(self) -> list[tuple[int, float]]:
-        """(epochs trained, val/elbo) after each training epoch, from the job's ``metrics.csv``.
-
-        The validation that re-evaluates the best checkpoint after training shares its (epoch, step)
-        with the test row; it is not a point of the curve.
-        """
-        path = self.directory / "metrics.csv"
-        if not path.is_file():
-            return []
-        with path.open(newline="") as file:
-            rows = list(csv.DictReader(file))
-        after_fit = {(row["epoch"], row["step"]) for row in rows if any(row[k] for k in row if k.startswith("test/"))}
-        curve = []
-        for row in rows:
-            value = row.get("val/elbo")
-            if value and (row["epoch"], row["step"]) not in after_fit and math.isfinite(float(value)):
-                curve.append((int(row["epoch"]) + 1, float(value)))
-        return curve
+        """(epochs trained, val/elbo) after each training epoch, as read from the job's ``metrics.csv``."""
+        return self.curve
 
     def kl_per_dim(self) -> tuple[list[float] | None, str]:
         """The KL of each latent dimension (nats) and its source: ``test/kl_per_dim`` in the summary,
@@ -120,6 +122,85 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def read_text(path: Path) -> str | None:
+    """The UTF-8 text of ``path``, or None when there is no such file; raises UnreadableFile when the
+    file exists but cannot be read or holds binary data (bytes that are not UTF-8 text, NUL bytes)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise UnreadableFile(path, f"cannot be read ({error.strerror or error})") from error
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = f"byte 0x{data[error.start]:02x} at {error.start}"
+        raise UnreadableFile(path, f"binary data, not UTF-8 text ({byte})") from None
+    if "\x00" in text:
+        raise UnreadableFile(path, f"binary data, not text (a NUL byte at offset {text.index(chr(0))})")
+    return text
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a job's summary.json or failure.json), or None when there is no
+    such file; raises UnreadableFile when it exists but is not a JSON object (truncated, binary...).
+    Jobs write these files atomically, so a broken one is damage, not a write in progress."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise UnreadableFile(path, f"not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise UnreadableFile(path, f"holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def read_validation_curve(path: Path) -> list[tuple[int, float]]:
+    """(epochs trained, val/elbo) after each training epoch, from a Lightning ``metrics.csv``; [] when
+    there is no such file (or it is still empty). Raises UnreadableFile when it is not such a CSV.
+
+    The validation that re-evaluates the best checkpoint after training shares its (epoch, step)
+    with the test row; it is not a point of the curve. A last line without its newline is a row
+    being written by a running (or killed) job and is left out.
+    """
+    text = read_text(path)
+    if not text:
+        return []
+    lines = text.splitlines(keepends=True)
+    if not lines[-1].endswith(("\n", "\r")):
+        lines = lines[:-1]
+    try:
+        header, *rows = list(csv.reader(lines))
+    except csv.Error as error:
+        raise UnreadableFile(path, f"not a CSV file ({error})") from None
+    except ValueError:  # only a partial header line
+        return []
+    missing = [name for name in ("epoch", "step") if name not in header]
+    if missing:
+        raise UnreadableFile(path, f"not a Lightning metrics CSV (no {' or '.join(missing)} column in its header)")
+    records = []
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise UnreadableFile(path, f"line {number} has {len(row)} fields, its header {len(header)}")
+        records.append(dict(zip(header, row)))
+    after_fit = {(r["epoch"], r["step"]) for r in records if any(r[k] for k in header if k.startswith("test/"))}
+    curve = []
+    for number, record in enumerate(records, start=2):
+        value = record.get("val/elbo")
+        if not value or (record["epoch"], record["step"]) in after_fit:
+            continue
+        try:
+            epoch, elbo = int(record["epoch"]), float(value)
+        except ValueError:
+            numbers = f"epoch {record['epoch']!r}, val/elbo {value!r}"
+            raise UnreadableFile(path, f"line {number}: {numbers} are not numbers") from None
+        if math.isfinite(elbo):
+            curve.append((epoch + 1, elbo))
+    return curve
 
 
 def read_yaml(path: Path) -> Any:
@@ -155,17 +236,30 @@ def natural_key(text: str) -> tuple:
 
 
 def read_job(directory: Path) -> Job:
-    summary = read_json(directory / "summary.json") or {}
-    failure = read_json(directory / FAILURE_FILE) if not summary else None
+    """The job in ``directory``, its status from summary.json / failure.json (``unreadable`` when one of
+    them, or metrics.csv, exists but cannot be read)."""
+    unreadable: list[str] = []
+
+    def attempt(read: Any, path: Path, empty: Any) -> Any:
+        try:
+            return read(path)
+        except UnreadableFile as error:
+            unreadable.append(str(error))
+            return empty
+
+    summary = attempt(read_json_object, directory / "summary.json", None) or {}
+    failure = attempt(read_json_object, directory / FAILURE_FILE, None) if not summary and not unreadable else None
+    curve = attempt(read_validation_curve, directory / "metrics.csv", [])
     status = str(summary.get("status", "complete")) if summary else "failed" if failure else "unfinished"
     status = "unfinished" if status == "running" else status  # vae_lab.run_state: started, never ended
+    status = UNREADABLE if unreadable else status
     summary = summary or failure or {}
     overrides = summary.get("overrides")
     if overrides is None:
         overrides = read_yaml(directory / ".hydra" / "overrides.yaml") or []
     config = summary.get("config") or read_yaml(directory / ".hydra" / "config.yaml") or {}
     choices = summary.get("choices") or nested_get(read_yaml(directory / ".hydra" / "hydra.yaml") or {}, "hydra.runtime.choices") or {}
-    return Job(directory, status, [str(o) for o in overrides], summary, config, choices)
+    return Job(directory, status, [str(o) for o in overrides], summary, config, choices, curve, unreadable)
 
 
 def sweep_plan(sweep_dir: Path) -> list[list[str]] | None:

@@ -176,9 +176,10 @@ def kl_per_dimension(report: Report, path: Path) -> tuple[Path | None, str]:
     return save(figure, path), "source: " + "; ".join(sorted(sources))
 
 
-def image_grid(report: Report, path: Path) -> Path | None:
+def image_grid(report: Report, path: Path, notes: list[str]) -> Path | None:
     """Reconstructions and prior samples of every complete job: one row per setting, two panels
-    (reconstructions, samples) per seed."""
+    (reconstructions, samples) per seed. A picture that cannot be read (truncated, not a PNG) is a
+    panel saying so and a note naming the file."""
     from PIL import Image
 
     rows = [row for row in report.rows if any(has_images(job) for job in row.complete)]
@@ -200,8 +201,13 @@ def image_grid(report: Report, path: Path) -> Path | None:
                 if job is None:
                     panel.text(0.5, 0.5, "no images", ha="center", va="center", transform=panel.transAxes)
                 else:
-                    with Image.open(job.directory / "images" / f"{name}.png") as picture:
-                        panel.imshow(picture.convert("RGB"))
+                    picture_path = job.directory / "images" / f"{name}.png"
+                    try:
+                        with Image.open(picture_path) as picture:
+                            panel.imshow(picture.convert("RGB"))
+                    except OSError as error:  # PIL's UnidentifiedImageError and "image file is truncated" too
+                        panel.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=panel.transAxes)
+                        notes.append(f"images: unreadable: {picture_path}: {error}")
                 panel.set_title(f"seed {seed}: {name}", fontsize=9)
         row_panels[0].set_ylabel(row.label().replace(", ", "\n"), fontsize=9)
     figure.suptitle("reconstructions (odd rows: originals, even rows: reconstructions) and prior samples")
@@ -232,7 +238,7 @@ def draw_all(report: Report, directory: Path) -> tuple[list[tuple[str, Path]], l
         plots.append((f"KL per latent dimension ({note})", drawn))
     else:
         notes.append(f"KL per latent dimension: {note}")
-    drawn = image_grid(report, directory / "images.png")
+    drawn = image_grid(report, directory / "images.png", notes)
     if drawn:
         plots.append(("Reconstructions and prior samples of every complete job", drawn))
     else:

@@ -1,8 +1,8 @@
 """The report's table: one row per setting of the swept axes, each metric as mean ± std over seeds.
 
 The std is the sample standard deviation over the complete jobs of a setting (n - 1 in the
-denominator), shown only when n >= 2. Failed, unfinished and pending jobs are counted in their
-setting's row and listed one by one, never dropped.
+denominator), shown only when n >= 2. Failed, unfinished, pending and unreadable jobs are counted in
+their setting's row and listed one by one (an unreadable one with its file and why), never dropped.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
-from vae_lab.report.jobs import Job, sort_key, swept_axes
+from vae_lab.report.jobs import UNREADABLE, Job, sort_key, swept_axes
 
 #: The table's metric columns, in order; a metric no job has is left out.
 METRICS = ("test/elbo", "test/nll_is", "test/bpd", "test/kl", "test/active_units", "epochs", "wall_time_seconds")
 HEADINGS = {"wall_time_seconds": "wall time (s)"}
 DIGITS = {"test/bpd": 4, "test/active_units": 1, "epochs": 1, "wall_time_seconds": 1}
-NOT_COMPLETE = ("failed", "unfinished", "pending")
+NOT_COMPLETE = ("failed", "diverged", "unfinished", "pending", UNREADABLE)
 
 
 @dataclass

@@ -4,7 +4,8 @@ workspace shows the same comparison as report.html.
 Project, entity, group and mode come from the jobs' resolved config (``logger.wandb``); the group
 falls back to the sweep directory's name. The mode follows :func:`vae_lab.tracking.resolve_wandb_mode`
 (online with an API key, offline without; ``WANDB_MODE`` wins). Nothing is logged when the jobs
-had no wandb logger (``logger=csv`` / ``logger=none``) unless a mode is asked for explicitly.
+had no wandb logger (``logger=csv`` / ``logger=none``) unless a mode is asked for explicitly, and
+never with ``--no-wandb`` (mode ``disabled``), whatever ``WANDB_MODE`` says.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def log_report(
     (a line for the report and the terminal)."""
     from vae_lab.tracking import resolve_wandb_mode
 
+    if requested_mode == "disabled":  # --no-wandb: over WANDB_MODE and the config, and wandb is not imported
+        return "not logged: wandb is disabled on the command line (--no-wandb)"
     settings = wandb_settings(report)
     if settings is None and requested_mode is None:
         return "not logged: the jobs had no wandb logger (logger.wandb is null); pass --wandb-mode offline or online to log anyway"
