@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY, logged_metrics
 
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+from vae_lab.wandb_run import KL_PER_DIM_KEY
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,11 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(metrics)
     for key, value in metrics.items():
+        per_dim = KL_PER_DIM_KEY.match(key)
         if key == "val/elbo":  # its summary is its best value over the epochs (vae_lab.wandb_run)
             assert offline_run.summary[key] == {"max": pytest.approx(max(offline_run.values(key)), rel=1e-6)}
+        elif per_dim:  # one list per stage in the summary, not a key per dimension
+            assert offline_run.summary[f"{per_dim['stage']}/kl_per_dim"][int(per_dim["dim"])] == pytest.approx(value)
         else:
             assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
     # the KL per dimension is one chart per epoch in wandb, not a key per dimension (issue 15)
