@@ -2,7 +2,7 @@
 
 - vae_lab's messages go through :mod:`logging` (loggers ``vae_lab.*``): conf/hydra/job_logging/vae_lab.yaml
   sends them to the console as they are (info to stdout, warnings and errors to stderr, by
-  :class:`SplitStreamHandler`) and, with Hydra's format, to ``train.log``.
+  :class:`vae_lab.console_handler.SplitStreamHandler`) and, with Hydra's format, to ``train.log``.
 - Lightning's info lines appear once: ``import lightning`` attaches its own console handler to the
   ``lightning`` logger, which also propagates to Hydra's root handlers, so every line came twice
   (Hydra #2898). :func:`route_lightning_logs` removes Lightning's handlers and lets its loggers
@@ -35,18 +35,6 @@ PROGRESS_METRICS = ("train/loss", "val/elbo", "val/kl")
 #: Lightning's loggers that get a console handler of their own on import.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 LITLOGGER_TIP = "try installing [litlogger]"
-
-
-class SplitStreamHandler(logging.StreamHandler):
-    """Info and below to the current ``sys.stdout``, warnings and errors to the current ``sys.stderr``
-    (looked up at each record, so that redirected or captured streams are honoured)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
-        super().emit(record)
 
 
 def _not_litlogger_tip(record: logging.LogRecord) -> bool:

@@ -151,19 +151,21 @@ class WandbImages(Callback):
     prior samples and latent traversals to wandb, each under its own key (:data:`IMAGE_KEYS`), so
     that the dashboard shows them evolving. The model goes back to training mode afterwards."""
 
-    def __init__(self, logger: FailSafeWandbLogger, every_n_epochs: int) -> None:
-        self.logger = logger
+    def __init__(self, every_n_epochs: int) -> None:
+        # The wandb logger is looked up in trainer.loggers at each epoch, not held: a callback that held
+        # it would copy it along with the callbacks (and WandbLogger starts its run when it is pickled).
         self.every_n_epochs = every_n_epochs
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         fitting = trainer.state.fn == "fit"  # not the re-validation of the best checkpoint after training
-        if not fitting or trainer.sanity_checking or not trainer.is_global_zero or self.logger.failed:
+        if not fitting or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        logger = next((each for each in trainer.loggers if isinstance(each, FailSafeWandbLogger)), None)
+        if logger is None or logger.failed or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self.logger.run_safely("epoch images", lambda: self.log_images(trainer, pl_module))
+        logger.run_safely("epoch images", lambda: self.log_images(trainer, pl_module, logger))
 
-    def log_images(self, trainer: L.Trainer, model: Any) -> None:
+    def log_images(self, trainer: L.Trainer, model: Any, logger: FailSafeWandbLogger) -> None:
         import torch
         import wandb
         from torchvision.utils import make_grid
@@ -198,7 +200,7 @@ class WandbImages(Callback):
         finally:
             model.train(was_training)
         steps = {"epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step}
-        self.logger.experiment.log({**logged, **steps})
+        logger.experiment.log({**logged, **steps})
 
 
 def wandb_callbacks(logger: FailSafeWandbLogger | None, settings: Mapping[str, Any] | None) -> list[Callback]:
@@ -207,7 +209,7 @@ def wandb_callbacks(logger: FailSafeWandbLogger | None, settings: Mapping[str, A
     if logger is None or logger.failed or not settings:
         return []
     every = int(settings.get("images_every_n_epochs", 0) or 0)
-    return [WandbImages(logger, every)] if every > 0 else []
+    return [WandbImages(every)] if every > 0 else []
 
 
 def configured_callbacks(cfg: Mapping[str, Any]) -> list[Callback]:
