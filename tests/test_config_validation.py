@@ -67,7 +67,7 @@ INVALID = [
     (["trainer.devices=0"], "trainer.devices", "0", ">= 1, 'auto'"),
     # logger
     (["logger.wandb.mode=sometimes"], "logger.wandb.mode", "sometimes", "one of auto, online, offline"),
-    (["+logger.wandb.colour=red"], "logger.wandb.colour", "red", "Valid keys: entity, group, init_timeout"),
+    (["+logger.wandb.colour=red"], "logger.wandb.colour", "red", "Valid keys: entity, group, images_every_n_epochs, init_timeout"),
     (["logger.wandb.tags=oops"], "logger.wandb.tags", "oops", "expected a list of str"),
     (["logger.wandb.init_timeout=0"], "logger.wandb.init_timeout", "0", "> 0"),
     # optimizer

@@ -325,7 +325,8 @@ def test_latent_pictures_are_logged_to_wandb(tmp_path: Path, data_root: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"vae_lab: outputs in {run_dir}" in result.stdout
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    logged = {path.read_bytes() for path in (wandb_run / "files" / "media" / "images").glob("latent_*.png")}
+    # under the keys latent/traversals and latent/interpolations (one image size per key)
+    logged = {path.read_bytes() for path in (wandb_run / "files" / "media" / "images" / "latent").glob("*.png")}
     saved = {(run_dir / "images" / name).read_bytes() for name in ("latent_traversals.png", "latent_interpolations.png")}
     assert logged == saved
 

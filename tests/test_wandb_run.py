@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY, logged_metrics
 
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+from vae_lab.wandb_run import KL_PER_DIM_KEY
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,9 @@ def test_run_is_named_after_the_overrides_and_holds_the_config(tiny_default_run,
     assert offline_run.name == ",".join(overrides)
     assert offline_run.project == "vae_lab"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert offline_run.config == summary["config"]
+    # plus the group choices, by which the wandb UI groups runs (issue 15)
+    assert {key: value for key, value in offline_run.config.items() if key != "choices"} == summary["config"]
+    assert offline_run.config["choices"]["likelihood"] == summary["choices"]["likelihood"] == "bernoulli"
 
 
 def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_run) -> None:
@@ -41,8 +44,15 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(metrics)
     for key, value in metrics.items():
-        assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
-    for key, value in logged_metrics(metrics).items():
+        per_dim = KL_PER_DIM_KEY.match(key)
+        if key == "val/elbo":  # its summary is its best value over the epochs (vae_lab.wandb_run)
+            assert offline_run.summary[key] == {"max": pytest.approx(max(offline_run.values(key)), rel=1e-6)}
+        elif per_dim:  # one list per stage in the summary, not a key per dimension
+            assert offline_run.summary[f"{per_dim['stage']}/kl_per_dim"][int(per_dim["dim"])] == pytest.approx(value)
+        else:
+            assert offline_run.summary[key] == pytest.approx(value, rel=1e-6), key
+    # the KL per dimension is one chart per epoch in wandb, not a key per dimension (issue 15)
+    for key, value in {k: v for k, v in logged_metrics(metrics).items() if "/kl_per_dim/" not in k}.items():
         logged = offline_run.values(key)
         assert logged, key
         assert logged[-1] == pytest.approx(value, rel=1e-6), key  # the last val/test logged = the summary's
@@ -54,15 +64,17 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
 
 
 def test_image_grids_are_in_the_run(offline_run) -> None:
-    """Two logged image entries: the grids (reconstructions, samples) and the latent pictures
-    (traversals, interpolations); they are every PNG of the run."""
+    """Three logged image entries at the end (a one-epoch run logs no epoch images at the default
+    images_every_n_epochs=5): the grids (reconstructions, samples), the traversals and the
+    interpolations (one key each: they differ in size); they are every PNG of the run."""
     images = [row["images"] for row in offline_run.history if "images" in row]
-    latent = [row["latent"] for row in offline_run.history if "latent" in row]
-    assert len(images) == 1 and len(latent) == 1
+    traversals = [row["latent/traversals"] for row in offline_run.history if "latent/traversals" in row]
+    interpolations = [row["latent/interpolations"] for row in offline_run.history if "latent/interpolations" in row]
+    assert len(images) == 1 and len(traversals) == 1 and len(interpolations) == 1
     assert images[0]["captions"] == ["reconstructions", "samples"] and images[0]["count"] == 2
-    assert latent[0]["captions"][0].startswith("traversals") and latent[0]["count"] == 2
-    assert images[0]["format"] == latent[0]["format"] == "png"
-    filenames = images[0]["filenames"] + latent[0]["filenames"]
+    assert traversals[0]["captions"][0].startswith("traversals") and traversals[0]["count"] == 1
+    assert images[0]["format"] == traversals[0]["format"] == interpolations[0]["format"] == "png"
+    filenames = images[0]["filenames"] + traversals[0]["filenames"] + interpolations[0]["filenames"]
     assert sorted(filenames) == [f for f in offline_run.files if f.endswith(".png")]
     for name in filenames:
         png = offline_run.directory / "files" / name

@@ -232,6 +232,7 @@ RULES: dict[str, Rule] = {
     # logger
     "logger.wandb.mode": one_of(("auto", "online", "offline", "disabled", "dryrun")),
     "logger.wandb.init_timeout": greater_than(0),
+    "logger.wandb.images_every_n_epochs": at_least(0),
 }
 
 #: The keys of a plain mapping that a class takes as one argument (annotated ``Mapping[str, Any]``): an
@@ -269,6 +270,10 @@ class WandbSettings:
     tags: list[str] = field(default_factory=list)
     #: Seconds wandb.init may take before the run goes on without wandb.
     init_timeout: float = 60.0
+    #: Reconstructions, samples and traversals to wandb every N epochs (0: only at the end).
+    images_every_n_epochs: int = 5
+    #: The best checkpoint as a wandb model Artifact.
+    log_checkpoint: bool = False
 
 
 @dataclass
@@ -314,6 +319,8 @@ class RunSettings:
     schedule: str = "full"
     schedules: dict[str, Any] | None = None
     eval: EvaluationSettings | None = None
+    #: Extra Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
+    callbacks: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------- checking
@@ -645,6 +652,8 @@ class EvaluateSettings:
     device: str = "auto"
     threads: int | str | None = None
     data_root: str | None = None
+    #: Update the training run's wandb record (vae_lab.wandb_run.record_evaluation).
+    wandb: bool = True
 
 
 #: The ranges of :class:`EvaluateSettings`: those of the ``eval`` block of a run, except that k >= 1

@@ -9,6 +9,7 @@ into the run's ``summary.json`` (atomically, keeping its other fields). Settings
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from vae_lab import run_lock
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 
 CONFIG_PATH = "pkg://vae_lab.conf"
+
+log = logging.getLogger("vae_lab.evaluate")  # not __main__ under `python -m`
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 
@@ -174,11 +177,15 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomically(summary_path, summary)
     run_lock.release(run_dir)
+    if cfg.get("wandb", True):
+        from vae_lab.wandb_run import record_evaluation
+
+        record_evaluation(run_dir, summary, result.metrics(), run_cfg)
 
     trained_elbo = summary["metrics"].get("test/elbo")
     extra_rows = [] if trained_elbo is None else [("-ELBO of trainer.test (test/elbo)", f"{-trained_elbo:.3f} nats")]
-    print(result.table(extra_rows))
-    print(f"vae_lab.evaluate: updated {summary_path}")
+    log.info(result.table(extra_rows))
+    log.info(f"vae_lab.evaluate: updated {summary_path}")
     return summary
 
 

@@ -15,8 +15,8 @@ is z of shape [S, B, latent_dim], decoded in one call.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,9 +25,12 @@ from typing import Any
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
+from vae_lab.console import CountProgress
 from vae_lab.errors import ConfigError
 from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
+
+log = logging.getLogger(__name__)
 
 #: Burda et al. (2016, sec. 5.2): unit u is active when Cov_x(E_q(z|x)[z_u]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -324,17 +327,12 @@ def evaluate(
     )
 
 
-class ProgressPrinter:
-    """A ``progress`` callback for :func:`evaluate`: a line on stderr each time another tenth of
-    the test set is done."""
+class ProgressPrinter(CountProgress):
+    """A ``progress`` callback for :func:`evaluate` (vae_lab.console.CountProgress): a bar with the
+    rate and ETA on a terminal, elsewhere a line with them each time another tenth of the test set is done."""
 
     def __init__(self) -> None:
-        self.printed = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if done == total or done - self.printed >= total / 10:
-            print(f"vae_lab.evaluate: {done}/{total} test images", file=sys.stderr, flush=True)
-            self.printed = done
+        super().__init__("test images", "vae_lab.evaluate")
 
 
 def evaluate_at_end_of_training(
@@ -351,7 +349,7 @@ def evaluate_at_end_of_training(
     settings = EvaluationSettings.from_config(config)
     datamodule.setup("test")
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
-    print(result.table())
+    log.info(result.table())
     metrics = result.metrics()
     for logger in loggers:
         log_metrics(logger, metrics, step)
@@ -375,7 +373,8 @@ def log_metrics(logger: Any, metrics: Mapping[str, Any], step: int) -> None:
     def log_to_wandb() -> None:
         import wandb
 
-        logged: dict[str, Any] = dict(scalars)
+        # The KL per dimension goes to wandb as one chart, not one scalar key per dimension.
+        logged: dict[str, Any] = {name: value for name, value in metrics.items() if not isinstance(value, list)}
         if per_dim is not None:
             table = wandb.Table(columns=["dimension", "kl"], data=[[j, v] for j, v in enumerate(per_dim)])
             logged["test/kl_per_dim_chart"] = wandb.plot.bar(table, "dimension", "kl", title="KL per latent dimension (nats)")

@@ -24,6 +24,7 @@ job's failure while the other jobs go on; the multirun exits non-zero at the end
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -40,6 +41,8 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lab import distributed, run_lock, run_state
 from vae_lab.errors import RunInterrupted, VaeLabError
 from vae_lab.launchers import LauncherKind, launcher_kind
+
+log = logging.getLogger(__name__)
 
 #: Override keys that do not name a job in wandb (paths, resuming, launcher and sweep plumbing).
 UNNAMED_OVERRIDES = ("hydra", "data.root", "resume", "sweep")
@@ -174,9 +177,15 @@ class Job:
         if not self.is_rank_zero or self.started_by_vae_lab:
             return
         if self.plan.checkpoint is not None:
-            print(f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} (wandb run {self.plan.wandb_run_id})")
+            log.info(
+                f"vae_lab: resuming {self.run_dir} from {self.plan.checkpoint.name} "
+                f"(wandb run {self.plan.wandb_run_id})"
+            )
         if not self.multirun:
-            print(f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true hydra.run.dir={self.run_dir})")
+            log.info(
+                f"vae_lab: run dir {self.run_dir} (if it gets killed, continue it with resume=true "
+                f"hydra.run.dir={self.run_dir})"
+            )
         run_state.tidy_for_start(self.run_dir, self.plan)
         fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
@@ -242,6 +251,7 @@ class Job:
             run_id=self.plan.wandb_run_id,
             group=self.wandb_group(settings.get("group")) if self.is_rank_zero else settings.get("group"),
             tags=self.wandb_tags(list(settings.get("tags") or [])),
+            choices=self.choices,
         )
         self.wandb_logger = logger
         return logger
@@ -299,7 +309,7 @@ class Job:
                 wandb_logger=self.wandb_logger,
             )
         except Exception as record_error:  # e.g. the output dir is not writable: say so, keep the first error
-            print(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}", file=sys.stderr)
+            log.error(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}")
 
     def close(self) -> None:
         """Finish this job's wandb run if it is still open, so that the next job of this process
@@ -312,7 +322,7 @@ class Job:
             try:
                 wandb.finish()
             except Exception as error:
-                print(f"vae_lab: wandb.finish failed: {error}", file=sys.stderr)
+                log.error(f"vae_lab: wandb.finish failed: {error}")
 
 
 def _cuda_available() -> bool:
@@ -337,7 +347,7 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig, Job], dict[str, Any]])
         job.prepare(cfg)
         assert job.plan is not None
         if job.plan.skip:
-            print(f"vae_lab: {job.run_dir} holds a complete run; skipped (resume=true).")
+            log.info(f"vae_lab: {job.run_dir} holds a complete run; skipped (resume=true).")
             return (job.plan.previous or {}).get("metrics", {}).get("val/elbo")
         summary = train(cfg, job)
         return summary.get("metrics", {}).get("val/elbo")
@@ -355,7 +365,7 @@ def _error_to_raise(job: Job, error: BaseException) -> BaseException:
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         return error
     if isinstance(error, VaeLabError):
-        print(f"vae_lab: error: {error}", file=sys.stderr)
+        log.error(f"vae_lab: error: {error}")
         # An interruption (Ctrl-C, SIGTERM) stops a whole multirun too.
         if not job.multirun or job.started_by_vae_lab or isinstance(error, RunInterrupted):
             return SystemExit(getattr(error, "exit_code", 2))

@@ -151,10 +151,16 @@ def save_latent_pictures(model: Any, datamodule: Any, run_dir: Path, wandb_logge
     }
     write_json_atomically(images_dir / DESCRIPTION_FILE, description)
     if wandb_logger is not None:
+        # One key per picture: the two grids differ in size, and wandb shows one size per key.
         wandb_logger.log_image(
-            key="latent",
-            images=[str(images_dir / TRAVERSAL_FILE), str(images_dir / INTERPOLATION_FILE)],
-            caption=["traversals (rows: latent dims by KL, largest first)", "interpolations between test images"],
+            key="latent/traversals",
+            images=[str(images_dir / TRAVERSAL_FILE)],
+            caption=["traversals (rows: latent dims by KL, largest first)"],
+        )
+        wandb_logger.log_image(
+            key="latent/interpolations",
+            images=[str(images_dir / INTERPOLATION_FILE)],
+            caption=["interpolations between test images"],
         )
     model.train(was_training)
     return description

@@ -158,7 +158,7 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.train_means.means().items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, prog_bar=name == "loss")
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
         terms = self.elbo_terms(x, n_samples=1)
@@ -187,7 +187,13 @@ class VAE(L.LightningModule):
         """Log the metric values averaged over images and ranks."""
         for name, value in self.metric_values(terms).items():
             self.log(
-                f"{stage}/{name}", value.mean(), on_step=False, on_epoch=True, batch_size=value.shape[0], sync_dist=True
+                f"{stage}/{name}",
+                value.mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=value.shape[0],
+                sync_dist=True,
+                prog_bar=stage == "val" and name in ("elbo", "kl"),  # with train/loss, on the progress bar
             )
 
     def configure_optimizers(self) -> Any:

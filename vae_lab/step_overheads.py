@@ -56,5 +56,7 @@ def step_overhead_callbacks(trainer_config: DictConfig | dict[str, Any]) -> list
     """The callbacks above that apply to a trainer with this config."""
     callbacks: list[Callback] = [CudaCheckWithoutNVML()]
     if trainer_config.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
-        callbacks.append(ThrottledProgressBar())
+        from vae_lab.console import training_progress_bar
+
+        callbacks.append(training_progress_bar())  # this bar on a terminal, a line per epoch elsewhere
     return callbacks

@@ -5,6 +5,7 @@ wandb is imported only when a run asks for it.
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+log = logging.getLogger(__name__)
 
 
 def has_wandb_api_key() -> bool:
@@ -51,19 +54,22 @@ def make_wandb_logger(
     run_id: str | None = None,
     group: str | None = None,
     tags: list[str] | None = None,
+    choices: dict[str, Any] | None = None,
+    job_type: str = "train",
 ):
     """A Lightning ``WandbLogger`` writing under ``run_dir/wandb``, or None when wandb is disabled.
-    ``group`` and ``tags`` default to the settings'; with ``run_id`` an existing run is resumed."""
+    ``group`` and ``tags`` default to the settings'; with ``run_id`` an existing run is resumed.
+    ``choices`` (the Hydra group choices) become the config's ``choices`` section (vae_lab.wandb_run)."""
     mode = resolve_wandb_mode(settings.mode)
     if mode == "disabled":
         return None
     import wandb
 
-    from vae_lab.wandb_failsafe import FailSafeWandbLogger
+    from vae_lab.wandb_run import DashboardWandbLogger, run_config
 
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
-        print("wandb: no API key found (WANDB_API_KEY or `wandb login`): this run is logged offline.")
-    return FailSafeWandbLogger(
+        log.info("wandb: no API key found (WANDB_API_KEY or `wandb login`): this run is logged offline.")
+    return DashboardWandbLogger(
         project=settings.project,
         entity=settings.entity,
         name=name,
@@ -72,7 +78,8 @@ def make_wandb_logger(
         save_dir=str(run_dir),
         offline=mode == "offline",
         id=run_id,
-        config=config,
+        config=run_config(config, choices or {}),
+        job_type=job_type,
         log_model=False,
         settings=wandb.Settings(init_timeout=float(settings.get("init_timeout", 60))),
     )

@@ -6,6 +6,7 @@ metrics CSV, image grids, ``summary.json``, the wandb run) go to Hydra's output 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from vae_lab.jobs import Job, run_job
 from vae_lab.launchers import register_launcher_configs
 
 CONFIG_PATH = "pkg://vae_lab.conf"
+
+log = logging.getLogger("vae_lab.train")  # not __main__ under `python -m`
 register_launcher_configs()
 
 
@@ -29,7 +32,6 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         job.prepare(cfg)
     import lightning as L
     import torch
-    from lightning.pytorch.loggers import CSVLogger
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.checkpoint_integrity import CheckpointRecord
@@ -37,6 +39,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
     from vae_lab.compilation import compile_networks
     from vae_lab.config_schema import validate_config
+    from vae_lab.console import metrics_csv_logger, route_lightning_logs
     from vae_lab.epoch_timer import epoch_timer_from_environment
     from vae_lab.evaluation import evaluate_at_end_of_training
     from vae_lab.files import check_writable_directory, write_json_atomically
@@ -51,7 +54,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.stopped_runs import record_stopped_run
     from vae_lab.threads import choose_threads
     from vae_lab.tracking import offline_sync_hint
+    from vae_lab.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
 
+    route_lightning_logs()  # Lightning's lines once, into train.log too
     validate_config(cfg)  # every key, type and range, before any work
     check_training_machine(cfg)  # the devices it asks for and the memory it needs, on this machine
     hydra_config = HydraConfig.get()
@@ -65,12 +70,12 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     check_writable_directory(run_dir / CHECKPOINT_DIR)  # made once data and model are sound, before training
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = last_checkpoint(run_dir) if cfg.resume else None
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Any] = [metrics_csv_logger(run_dir)]
     if resume_from is not None and job.is_rank_zero:
         resumed = check_checkpoint(resume_from, model, config=resolved_config)  # whole, same settings
         keep_logged_epochs(loggers[0], through_epoch=resumed["epoch"])
     elif cfg.resume:
-        print(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
+        log.info(f"vae_lab: resume=true, but {run_dir / CHECKPOINT_DIR / 'last.ckpt'} does not exist: starting afresh.")
 
     wandb_logger = None
     if cfg.logger.get("wandb"):
@@ -82,6 +87,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     interrupt = GracefulInterrupt()
     record = CheckpointRecord(resolved_config)  # the config and provenance travel inside every checkpoint
     callbacks: list[Any] = [checkpoints, last_epoch, record, interrupt, *job.trainer_callbacks()]
+    callbacks += [*configured_callbacks(cfg), *wandb_callbacks(wandb_logger, cfg.logger.get("wandb"))]
     if cfg.check_finite_every_n_steps:
         callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
     if cfg.get("early_stopping"):
@@ -157,7 +163,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)
             )
-            wandb_logger.run_safely("summary update", lambda: wandb_logger.experiment.summary.update(metrics))
+            wandb_logger.update_summary(metrics)
+            log_best_checkpoint_if_asked(wandb_logger, cfg.logger.wandb, Path(checkpoints.best_model_path), metrics)
         summary = {
             **job.summary_fields(),
             "status": "complete",
@@ -179,9 +186,10 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             wandb_logger.finish()
             summary["wandb"] = wandb_logger.status()
             if hint and not wandb_logger.failed:
-                print(f"wandb: offline run saved; upload it later with: {hint}")
+                log.info(f"wandb: offline run saved; upload it later with: {hint}")
         write_json_atomically(run_dir / "summary.json", summary)
-        print(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {metrics.get('test/elbo', float('nan')):.2f} nats)")
+        test_elbo = metrics.get("test/elbo", float("nan"))
+        log.info(f"vae_lab: outputs in {run_dir} (summary.json: test/elbo = {test_elbo:.2f} nats)")
     return summary
 
 

@@ -57,6 +57,13 @@ class OfflineRun:
     summary: dict[str, Any]
     #: Media files the run saved under ``files/`` (paths relative to ``files/``), e.g. image grids.
     files: list[str] = field(default_factory=list)
+    job_type: str = ""
+    #: The metric definitions (``define_metric``): one dict per definition, with ``name`` or
+    #: ``glob_name``, ``step_metric`` and ``summary`` (the aggregates asked for: ``["max"]``...).
+    metric_definitions: list[dict[str, Any]] = field(default_factory=list)
+    #: The artifacts the run logged: ``type``, ``name``, ``aliases``, ``metadata`` and ``files``
+    #: (the paths inside the artifact).
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
 
     def values(self, key: str) -> list[Any]:
         """Every value logged under ``key`` in the history, in order."""
@@ -145,6 +152,9 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    job_type = ""
+    definitions: list[dict[str, Any]] = []
+    artifacts: list[dict[str, Any]] = []
     for serialized in read_records(run_files[0]):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(serialized)
@@ -152,6 +162,7 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
         if kind == "run":
             run = record.run
             run_id, name, project, group, tags = run.run_id, run.display_name, run.project, run.run_group, list(run.tags)
+            job_type = run.job_type
             _apply_items(config, run.config.update)
         elif kind == "config":
             _apply_items(config, record.config.update)
@@ -165,7 +176,33 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             _apply_items(summary, record.summary.update)
             for item in record.summary.remove:
                 _remove(summary, _key_path(item))
+        elif kind == "metric":
+            definitions.append(_metric_definition(record.metric))
+        elif kind == "artifact":
+            artifact = record.artifact
+            artifacts.append({
+                "type": artifact.type,
+                "name": artifact.name,
+                "aliases": list(artifact.aliases),
+                "metadata": json.loads(artifact.metadata) if artifact.metadata else {},
+                "files": [entry.path for entry in artifact.manifest.contents],
+            })
     config.pop("_wandb", None)
     files_dir = run_dir / "files"
     media = sorted(str(path.relative_to(files_dir)) for path in (files_dir / "media").rglob("*") if path.is_file())
-    return OfflineRun(run_dir, run_id, name, project, group, tags, config, history, summary, media)
+    return OfflineRun(
+        run_dir, run_id, name, project, group, tags, config, history, summary, media, job_type, definitions, artifacts
+    )
+
+
+def _metric_definition(metric: Any) -> dict[str, Any]:
+    """A ``MetricRecord`` (``define_metric``) as a dict."""
+    aggregates = [name for name in ("min", "max", "mean", "best", "last", "none", "copy", "first")
+                  if getattr(metric.summary, name)]
+    return {
+        "name": metric.name,
+        "glob_name": metric.glob_name,
+        "step_metric": metric.step_metric,
+        "summary": aggregates,
+        "goal": {0: "", 1: "minimize", 2: "maximize"}.get(int(metric.goal), str(metric.goal)),
+    }

@@ -25,6 +25,9 @@ def wandb_settings(report: Report) -> dict[str, Any] | None:
     if not settings:
         return None
     groups = Counter(str(value["group"]) for value in settings if value.get("group") and "${" not in str(value["group"]))
+    if not groups:  # the group vae_lab gave the sweep's runs (vae_lab.jobs.sweep_group), as their summary.json records
+        recorded = [(job.summary.get("wandb") or {}).get("group") for job in report.jobs]
+        groups = Counter(str(group) for group in recorded if group)
     chosen = dict(settings[0])
     chosen["group"] = groups.most_common(1)[0][0] if groups else None
     return chosen
