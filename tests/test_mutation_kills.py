@@ -101,12 +101,14 @@ def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_compl
     assert columns == [
         "data.batch_size", "n_seeds", "seeds", "test/elbo mean", "test/elbo std", "test/bpd mean", "test/bpd std",
         "test/active_units mean", "test/active_units std", "epochs mean", "epochs std",
-        "wall_time_seconds mean", "wall_time_seconds std", "complete", "failed", "unfinished", "pending",
+        "wall_time_seconds mean", "wall_time_seconds std", "complete", "failed", "diverged", "unfinished", "pending",
+        "unreadable",
     ]
     expected = [
-        ["50", 2, "0 1", -101.0, math.sqrt(2), 0.19, math.sqrt(2) / 100, 11.0, math.sqrt(2), 2.0, 0.0, 4.0, math.sqrt(0.5), 2, 0, 0, 0],
-        ["100", 1, "0", -105.5, None, None, None, None, None, 2.0, None, 2.0, None, 1, 1, 0, 0],
-        ["200", 0, "", *[None] * 10, 0, 0, 1, 1],
+        ["50", 2, "0 1", -101.0, math.sqrt(2), 0.19, math.sqrt(2) / 100, 11.0, math.sqrt(2), 2.0, 0.0, 4.0, math.sqrt(0.5),
+         2, 0, 0, 0, 0, 0],
+        ["100", 1, "0", -105.5, None, None, None, None, None, 2.0, None, 2.0, None, 1, 1, 0, 0, 0, 0],
+        ["200", 0, "", *[None] * 10, 0, 0, 0, 1, 1, 0],
     ]
     assert len(data) == len(expected)
     for line, wanted in zip(data, expected):
@@ -207,14 +209,20 @@ def test_evaluation_settings_accept_the_smallest_values() -> None:
     assert (settings.n_importance_samples, settings.n_test_images, settings.images_per_batch, settings.samples_per_chunk) == (1, 1, 1, 1)
 
 
-def test_progress_printer_prints_each_tenth_and_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+def progress_counts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ``done/total`` of each progress line that vae_lab.evaluation logged (stderr is no terminal here)."""
+    prefix = "vae_lab.evaluate: "
+    return [r.getMessage()[len(prefix):].split(" test images")[0] for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def test_progress_printer_prints_each_tenth_and_the_end(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vae_lab")
     printer = ProgressPrinter()
-    assert printer.printed == 0
+    assert printer.reported == 0
     for done in (5, 10, 15, 19, 20, 35, 99, 100):
         printer(done, 100)
-    assert capsys.readouterr().err.splitlines() == [
-        f"vae_lab.evaluate: {done}/100 test images" for done in (10, 20, 35, 99, 100)
-    ]
+    assert progress_counts(caplog) == [f"{done}/100" for done in (10, 20, 35, 99, 100)]
+    assert "in all)" in caplog.records[-1].getMessage() and "left)" in caplog.records[0].getMessage()
 
 
 def test_automatic_budget_is_per_cpu_thread_or_a_gpus_share() -> None:
@@ -263,6 +271,9 @@ class SyntheticImages(ImageDataModule):
 
     def how_to_get(self) -> str:
         return "They are made in memory."
+
+    def file_problems(self) -> list[str]:
+        return []  # no files to damage
 
     def load_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(11)
@@ -451,10 +462,11 @@ def ppca_model_and_data():
 
 
 def test_end_of_training_evaluation_uses_the_eval_settings_and_logs_at_the_step(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
+    caplog.set_level("INFO", logger="vae_lab")
     model, datamodule = ppca_model_and_data()
     logger = CSVLogger(tmp_path, name="", version="")
     cfg = {"eval": {"n_importance_samples": 50, "images_per_batch": 4, "memory_budget_mb": None}, "seed": 9}
@@ -463,9 +475,9 @@ def test_end_of_training_evaluation_uses_the_eval_settings_and_logs_at_the_step(
     expected = evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=50, images_per_batch=4, seed=9))
     assert metrics == expected.metrics()
     assert "test/kl_per_dim" in metrics and len(metrics["test/kl_per_dim"]) == 2
-    output = capsys.readouterr()
-    assert expected.table().splitlines()[0] in output.out and "k, test images, seed         50, 12, 9" in output.out
-    assert output.err.splitlines()[-1] == "vae_lab.evaluate: 12/12 test images"
+    output = "\n".join(record.getMessage() for record in caplog.records)
+    assert expected.table().splitlines()[0] in output and "k, test images, seed         50, 12, 9" in output
+    assert progress_counts(caplog)[-1] == "12/12"
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 1 and rows[0]["step"] == "3"
     assert float(rows[0]["test/nll_is"]) == pytest.approx(metrics["test/nll_is"])
@@ -500,10 +512,9 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
     run = read_offline_run(run_dir)
     assert len(run.history) == 1
     row = run.history[0]
-    assert {key: row[key] for key in ("test/nll_is", "test/active_units", "test/kl_per_dim/0", "test/kl_per_dim/1")} == {
-        "test/nll_is": 91.5, "test/active_units": 3, "test/kl_per_dim/0": 0.5, "test/kl_per_dim/1": 2.0,
-    }
+    assert {key: row[key] for key in ("test/nll_is", "test/active_units")} == {"test/nll_is": 91.5, "test/active_units": 3}
     assert "test/kl_per_dim" not in row  # the list goes to the summary, and as a chart
+    assert not [key for key in row if key.startswith("test/kl_per_dim/")]  # no scalar key per dimension in wandb
     table = row["test/kl_per_dim_chart_table"]
     assert (table["nrows"], table["ncols"]) == (2, 2)
     assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
@@ -787,11 +798,12 @@ def test_evaluate_counts_active_units_with_the_settings_threshold() -> None:
     assert result.active_units == 1
 
 
-def test_progress_printer_waits_for_a_full_tenth(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_printer_waits_for_a_full_tenth(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vae_lab")
     printer = ProgressPrinter()
     for done in (10, 11, 21, 110):
         printer(done, 110)
-    assert capsys.readouterr().err.splitlines() == [f"vae_lab.evaluate: {done}/110 test images" for done in (11, 110)]
+    assert progress_counts(caplog) == [f"{done}/110" for done in (11, 110)]
 
 
 def test_end_of_training_evaluation_defaults_to_seed_0_and_step_0(tmp_path: Path) -> None:
