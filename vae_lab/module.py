@@ -158,10 +158,16 @@ class VAE(L.LightningModule):
         # resumed from an epoch-end checkpoint draws exactly what the uninterrupted run drew.
         torch.manual_seed(epoch_seed(self.seed, self.current_epoch, self.global_rank))
         self.train_means.reset()
+        self.likelihood.train_epoch_started()
         for name, value in self.objective.logged_values(self.global_step, self.current_epoch).items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit":  # the training batches of this epoch are done
+            self.likelihood.train_epoch_finished()
+
     def on_train_epoch_end(self) -> None:
+        self.likelihood.train_epoch_finished()  # a no-op when validation already finished the epoch
         for name, value in self.train_means.means().items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
 
