@@ -1,11 +1,12 @@
 """Measure the gradient signal-to-noise ratio of the IWAE against k, with and without DReG (Rainforth et al.
 2018, Fig. 1; Tucker et al. 2019), on a briefly trained default model.
 
-    nice -n 10 python benchmarks/gradient_snr.py [--run-dir <trained run>] [--epochs 1] [--train-subset 10000]
-        [--ks 1,5,10,50] [--n-estimates 100]
+    nice -n 10 python benchmarks/gradient_snr.py [--epochs 1,10] [--train-subset 10000] [--ks 1,5,10,50]
+        [--n-estimates 100]
 
-Without --run-dir it first trains the default model (objective=elbo, Bernoulli, MLP) for --epochs epochs on
-the first --train-subset training images through the CLI. Then, for each k and for gradient =
+For each number of epochs in --epochs it trains the default model (objective=elbo, Bernoulli, MLP) for that
+many epochs on the first --train-subset training images through the CLI (outputs/benchmark_gradient_snr_<E>
+epochs/, reused when it holds a finished run). Then, for each k and for gradient =
 reparameterization and dreg, the trained weights get objective=iwae with that k and estimator and
 vae_lab.gradient_snr.gradient_snr measures --n-estimates gradient estimates on one fixed batch (the first
 training batch, data.batch_size images), seeded identically for every setting. Writes
@@ -37,7 +38,7 @@ def train(run_dir: Path, epochs: int, train_subset: int) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def measure(run_dir: Path, ks: list[int], n_estimates: int) -> list[dict]:
+def measure(run_dir: Path, ks: list[int], n_estimates: int, epochs: int) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
@@ -59,8 +60,9 @@ def measure(run_dir: Path, ks: list[int], n_estimates: int) -> list[dict]:
             model.objective = IWAE(k=k, gradient=gradient)
             started = time.time()
             snr = gradient_snr(model.train(), batch, n_estimates, seed=cfg.seed)
-            results.append({"k": k, "gradient": gradient, **snr, "seconds": round(time.time() - started, 1)})
-            print(f"k={k:3d} {gradient:18s} encoder SNR {snr['encoder']['snr_mean']:.4f}  "
+            seconds = round(time.time() - started, 1)
+            results.append({"epochs": epochs, "k": k, "gradient": gradient, **snr, "seconds": seconds})
+            print(f"{epochs} epochs, k={k:3d} {gradient:18s} encoder SNR {snr['encoder']['snr_mean']:.4f}  "
                   f"decoder SNR {snr['decoder']['snr_mean']:.4f}", flush=True)
     return results
 
@@ -72,14 +74,17 @@ def plot(results: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    trained = sorted({r["epochs"] for r in results})
     for axis, group in zip(axes, ("encoder", "decoder")):
-        for gradient, style in zip(GRADIENTS, ("o-", "s--")):
-            rows = [r for r in results if r["gradient"] == gradient]
-            axis.plot([r["k"] for r in rows], [r[group]["snr_mean"] for r in rows], style, label=f"IWAE, {gradient}")
+        for gradient, marker, color in zip(GRADIENTS, ("o", "s"), ("C0", "C1")):
+            for epochs, line in zip(trained, ("-", "--", ":")):
+                rows = [r for r in results if r["gradient"] == gradient and r["epochs"] == epochs]
+                axis.plot([r["k"] for r in rows], [r[group]["snr_mean"] for r in rows], marker + line, color=color,
+                          label=f"IWAE {gradient}, trained {epochs} epoch{'s' * (epochs != 1)}")
         axis.set(xscale="log", yscale="log", xlabel="k (importance samples)", title=f"{group} gradient SNR")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("mean over parameters of |mean| / std")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(FIGURE, dpi=120)
@@ -87,23 +92,22 @@ def plot(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", type=Path)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", default="1,10")
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--ks", default="1,5,10,50")
     parser.add_argument("--n-estimates", type=int, default=100)
     args = parser.parse_args()
-    run_dir = args.run_dir
-    if run_dir is None:
-        run_dir = ROOT / "outputs" / "benchmark_gradient_snr"
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            train(run_dir, args.epochs, args.train_subset)
     ks = [int(k) for k in args.ks.split(",")]
-    results = measure(run_dir, ks, args.n_estimates)
+    results = []
+    for epochs in (int(e) for e in args.epochs.split(",")):
+        run_dir = ROOT / "outputs" / f"benchmark_gradient_snr_{epochs}epochs"
+        if not (run_dir / "summary.json").is_file():
+            train(run_dir, epochs, args.train_subset)
+        results += measure(run_dir, ks, args.n_estimates, epochs)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "command": "nice -n 10 python " + " ".join(sys.argv),
-        "trained": {"epochs": args.epochs, "train_subset": args.train_subset} if args.run_dir is None else str(run_dir),
+        "trained": {"epochs": args.epochs, "train_subset": args.train_subset, "model": "the default (elbo, bernoulli, mlp)"},
         "n_estimates": args.n_estimates,
         "threads": 1,
         "cpu": os.cpu_count(),
