@@ -56,7 +56,10 @@ INVALID = [
     (["objective.kl_weight=-1"], "objective.kl_weight", "-1", ">= 0"),
     (["objective.n_samples=0"], "objective.n_samples", "0", ">= 1"),
     (["objective.n_samples=2.5"], "objective.n_samples", "2.5", "expected int"),
-    (["+objective.k=0"], "objective.k", "0", "Valid keys: capacity, free_bits, kl, kl_weight, n_samples, warmup"),
+    (
+        ["+objective.k=0"], "objective.k", "0",
+        "Valid keys: capacity, free_bits, gradient, kl, kl_weight, n_samples, warmup",
+    ),
     (["objective.kl=exact"], "objective.kl", "exact", "one of auto, analytic, mc"),
     # trainer
     (["trainer.max_epochs=0"], "trainer.max_epochs", "0", ">= 1, or -1"),

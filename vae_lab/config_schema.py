@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
 from vae_lab.evaluation import EvaluationSettings
+from vae_lab.gradient_snr import GradientSNRSettings
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -173,7 +174,7 @@ RULES: dict[str, Rule] = {
         "a base URL, http://... or https://...", lambda url: str(url).startswith(("http://", "https://"))
     ),
     # likelihood: scales are standard deviations (Gaussian) or scales (Laplace), > 0
-    "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
+    "likelihood.variance": _lazy(lambda: _choices("vae_lab.likelihoods.gaussian", "VARIANCE_MODES")),
     "likelihood.scale": _lazy(lambda: _choices("vae_lab.likelihoods.location_scale", "SCALE_MODES")),
     "likelihood.*_sigma": greater_than(0),
     "likelihood.fixed_scale": greater_than(0),
@@ -200,6 +201,11 @@ RULES: dict[str, Rule] = {
     "objective.capacity.max": at_least(0),
     "objective.capacity.steps": whole_number_at_least(0),
     "objective.capacity.gamma": at_least(0),
+    "objective.m": at_least(1),
+    "objective.elbo_fraction": in_interval(0, 1),
+    "objective.gradient": _lazy(lambda: _choices("vae_lab.objectives.estimators", "GRADIENTS")),
+    "gradient_snr.epochs": each(at_least(0), non_empty=False),
+    "gradient_snr.n_estimates": at_least(2),
     # optimizer (any torch.optim class)
     "optimizer.lr": greater_than(0),
     "optimizer.eps": greater_than(0),
@@ -321,6 +327,7 @@ class RunSettings:
     eval: EvaluationSettings | None = None
     #: Extra Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
     callbacks: dict[str, Any] | None = None
+    gradient_snr: GradientSNRSettings | None = None
 
 
 # ---------------------------------------------------------------------------------------- checking
@@ -591,8 +598,27 @@ def _batch_fits_data(config: dict) -> list[Problem]:
     return problems
 
 
+def _objective_refusals(config: dict) -> list[Problem]:
+    """The objective's own refusals (a gradient estimator that does not apply to it, an option clash),
+    from constructing it: objectives are cheap, pure and raise ConfigError for what they refuse."""
+    objective = config.get("objective")
+    if not isinstance(objective, dict) or "_target_" not in objective:
+        return []
+    try:
+        factory = import_object(objective["_target_"])
+    except (ImportError, AttributeError, ValueError):
+        return []
+    try:
+        factory(**{key: value for key, value in objective.items() if key != "_target_"})
+    except ConfigError as error:
+        return [Problem("objective", objective.get("gradient", _ABSENT), str(error))]
+    except Exception:  # reported by the signature checks, or at instantiation
+        return []
+    return []
+
+
 #: Checks across fields; each returns the problems it finds in the resolved config (a dict).
-CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data]
+CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data, _objective_refusals]
 
 
 # ---------------------------------------------------------------------------------------- entry point

@@ -15,6 +15,7 @@ from vae_lab.epoch_means import EpochMeans
 from vae_lab.errors import ConfigError
 from vae_lab.likelihoods import Likelihood
 from vae_lab.objectives import ELBOTerms, Objective
+from vae_lab.objectives.estimators import sample
 from vae_lab.priors import Prior
 from vae_lab.seeds import epoch_seed
 
@@ -107,7 +108,8 @@ class VAE(L.LightningModule):
         z = posterior.rsample((n_samples,))
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)
         kl, kl_per_dim = self.kl_divergence(posterior, z, log_prior, log_posterior)
-        return ELBOTerms(self.observation_model(z).log_prob(x), log_prior, log_posterior, kl, kl_per_dim)
+        log_likelihood = self.observation_model(z).log_prob(x)
+        return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim, z, posterior, self.use_analytic_kl)
 
     def kl_divergence(
         self, posterior: Independent, z: torch.Tensor, log_prior: torch.Tensor, log_posterior: torch.Tensor
@@ -134,14 +136,17 @@ class VAE(L.LightningModule):
 
             ELBO(x) = E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x),
 
-        with z = mu(x) + sigma(x) * eps, eps ~ N(0, I), L = objective.n_samples samples per image.
+        with z = mu(x) + sigma(x) * eps, eps ~ N(0, I), L = objective.n_samples samples per image
+        (a plain draw, with no path to q's parameters, for objective.gradient=score_function).
         """
         posterior = self.posterior(x)  # q(z|x) = N(mu(x), diag sigma^2(x))
-        z = posterior.rsample((self.objective.n_samples,))  # reparameterized, [L, B, latent_dim]
+        z = sample(posterior, self.objective.n_samples, self.objective.gradient)  # reparameterized, [L, B, latent_dim]
         log_likelihood = self.observation_model(z).log_prob(x)  # log p(x|z), summed over pixels: [L, B]
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)  # [L, B] each
         kl, kl_per_dim = self.kl_divergence(posterior, z, log_prior, log_posterior)  # KL(q || p): [B]
-        terms = ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim)  # ELBO = E_q log p(x|z) - KL
+        terms = ELBOTerms(  # ELBO = E_q log p(x|z) - KL
+            log_likelihood, log_prior, log_posterior, kl, kl_per_dim, z, posterior, self.use_analytic_kl
+        )
         self.latest_terms = terms  # for the message of vae_lab.finite_guard when a term is not finite
         loss = self.objective.loss(terms, step=self.global_step, epoch=self.current_epoch)
         with torch.no_grad():
@@ -153,10 +158,16 @@ class VAE(L.LightningModule):
         # resumed from an epoch-end checkpoint draws exactly what the uninterrupted run drew.
         torch.manual_seed(epoch_seed(self.seed, self.current_epoch, self.global_rank))
         self.train_means.reset()
+        self.likelihood.train_epoch_started()
         for name, value in self.objective.logged_values(self.global_step, self.current_epoch).items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit":  # the training batches of this epoch are done
+            self.likelihood.train_epoch_finished()
+
     def on_train_epoch_end(self) -> None:
+        self.likelihood.train_epoch_finished()  # a no-op when validation already finished the epoch
         for name, value in self.train_means.means().items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, prog_bar=name == "loss")
 

@@ -44,6 +44,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.evaluation import evaluate_at_end_of_training
     from vae_lab.files import check_writable_directory, write_json_atomically
     from vae_lab.finite_guard import NonFiniteGuard
+    from vae_lab.gradient_snr import gradient_snr_callbacks
     from vae_lab.images import reconstruction_grid, save_grid
     from vae_lab.interrupts import GracefulInterrupt
     from vae_lab.latent_pictures import save_latent_pictures
@@ -88,6 +89,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     record = CheckpointRecord(resolved_config)  # the config and provenance travel inside every checkpoint
     callbacks: list[Any] = [checkpoints, last_epoch, record, interrupt, *job.trainer_callbacks()]
     callbacks += [*configured_callbacks(cfg), *wandb_callbacks(wandb_logger, cfg.logger.get("wandb"))]
+    callbacks += gradient_snr_callbacks(cfg, run_dir)  # objective.gradient's diagnostic, when asked for
     if cfg.check_finite_every_n_steps:
         callbacks.append(NonFiniteGuard(cfg.check_finite_every_n_steps))
     if cfg.get("early_stopping"):

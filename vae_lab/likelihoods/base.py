@@ -43,6 +43,12 @@ class Likelihood(nn.Module, abc.ABC):
         under mixed precision (in bfloat16, a log-likelihood of ~100 nats has steps of half a nat)."""
         return Independent(self.pixel_distribution(at_least_float32(decoder_output)), 3)
 
+    def train_epoch_started(self) -> None:
+        """Called when a training epoch starts (a likelihood with per-epoch state resets it here)."""
+
+    def train_epoch_finished(self) -> None:
+        """Called when an epoch's training batches are done, before validation and checkpoints."""
+
     def split_parameters(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split ``[..., P*C, H, W]`` into P tensors of shape ``[..., C, H, W]``."""
         return decoder_output.chunk(self.parameters_per_channel, dim=-3)

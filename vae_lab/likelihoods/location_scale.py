@@ -38,12 +38,14 @@ class LocationScaleLikelihood(Likelihood):
     distribution_class: ClassVar[type[Distribution]]
     #: Config keys of (mode, fixed scale, scale floor), e.g. ("variance", "fixed_sigma", "min_sigma").
     setting_names: ClassVar[tuple[str, str, str]]
+    #: The scale modes this family accepts.
+    scale_modes: ClassVar[tuple[str, ...]] = SCALE_MODES
 
     def __init__(self, channels: int, mode: str, fixed_scale: float, min_scale: float) -> None:
         super().__init__(channels)
         mode_key, fixed_key, floor_key = (f"likelihood.{name}" for name in self.setting_names)
-        if mode not in SCALE_MODES:
-            raise ConfigError(f"{mode_key}={mode!r} is not a scale mode; use one of {', '.join(SCALE_MODES)}.")
+        if mode not in self.scale_modes:
+            raise ConfigError(f"{mode_key}={mode!r} is not a scale mode; use one of {', '.join(self.scale_modes)}.")
         if fixed_scale <= 0 or min_scale <= 0:
             raise ConfigError(f"{fixed_key}={fixed_scale} and {floor_key}={min_scale} must both be > 0.")
         self.mode = mode

@@ -7,10 +7,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.distributions import Distribution
 
 from vae_lab.errors import ConfigError
+from vae_lab.objectives.estimators import GRADIENTS, check_gradient, direct_log_prob
 
 KL_MODES = ("auto", "analytic", "mc")
+__all__ = ["ELBOTerms", "Objective", "KL_MODES", "GRADIENTS", "check_sample_count"]
 
 
 @dataclass
@@ -30,6 +33,17 @@ class ELBOTerms:
     kl: torch.Tensor
     #: The KL of each latent dimension when the prior factorizes, shape [B, latent_dim]; else None.
     kl_per_dim: torch.Tensor | None = None
+    #: The samples z_l [L, B, ...] and q(z|x) they came from (the gradient estimators need them), and
+    #: whether ``kl`` is the analytic KL (else the Monte Carlo mean of log q - log p).
+    z: torch.Tensor | None = None
+    posterior: Distribution | None = None
+    analytic_kl: bool = False
+
+    def direct_log_posterior(self) -> torch.Tensor:
+        """The score part of log q(z_l|x): value 0, gradient d log q / d(q's parameters) at fixed z, [L, B]."""
+        if self.z is None or self.posterior is None:
+            raise ValueError("ELBOTerms.direct_log_posterior needs the samples z and the posterior they came from.")
+        return direct_log_prob(self.posterior, self.z)
 
     @property
     def reconstruction(self) -> torch.Tensor:
@@ -62,15 +76,25 @@ class Objective(abc.ABC):
 
     ``n_samples`` is how many z the training step draws per image; ``kl`` chooses the analytic KL
     (``analytic``), the Monte Carlo estimate log q(z|x) - log p(z) (``mc``), or analytic when the
-    prior allows it (``auto``).
+    prior allows it (``auto``). ``gradient`` is the estimator of the bound's gradient
+    (:mod:`vae_lab.objectives.estimators`); each objective lists in ``refused_gradients`` the ones that
+    do not apply to it, with the reason, and they are refused here, at start-up.
     """
 
-    def __init__(self, n_samples: int = 1, kl: str = "auto") -> None:
+    #: gradient -> why this objective refuses it (and what to use instead).
+    refused_gradients: dict[str, str] = {}
+
+    def __init__(self, n_samples: int = 1, kl: str = "auto", gradient: str = "reparameterization") -> None:
         check_sample_count("n_samples", n_samples)
         if kl not in KL_MODES:
             raise ConfigError(f"objective.kl={kl!r} is unknown; use one of {', '.join(KL_MODES)}.")
+        check_gradient(gradient)
+        if gradient in self.refused_gradients:
+            raise ConfigError(f"objective.gradient={gradient} does not apply to {type(self).__name__}: "
+                              f"{self.refused_gradients[gradient]}")
         self.n_samples = n_samples
         self.kl = kl
+        self.gradient = gradient
 
     @abc.abstractmethod
     def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:

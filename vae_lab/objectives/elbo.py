@@ -4,12 +4,14 @@ options: linear warm-up, free bits and capacity annealing."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from vae_lab.errors import ConfigError
 from vae_lab.objectives.base import ELBOTerms, Objective
+from vae_lab.objectives.estimators import ScoreBaseline
 from vae_lab.objectives.free_bits import free_bits_kl
 from vae_lab.objectives.schedules import CapacitySchedule, KLWarmup
 
@@ -36,7 +38,18 @@ class ELBO(Objective):
       steps (Burgess et al. 2018; per data point as the paper writes it, then averaged over the
       batch, where some implementations take |batch-mean KL - C|). gamma takes the place of
       kl_weight, so capacity is refused together with warm-up, free bits or kl_weight != 1.
+
+    ``gradient`` (:mod:`vae_lab.objectives.estimators`): ``reparameterization``; ``stl`` (needs the Monte
+    Carlo KL: ``kl=auto`` becomes ``mc``, ``kl=analytic`` is refused, as are free bits, whose per-dimension
+    KL it does not cover); ``score_function`` (the learning signal of z_l is log p(x|z_l) - beta_t *
+    (log q(z_l|x) - log p(z_l)), without the KL part when the KL is analytic; not with free bits or
+    capacity, whose KL term is not an expectation over z). ``dreg`` is refused: with one sample per term
+    its weights are all 1 and it is ``stl``.
     """
+
+    refused_gradients = {
+        "dreg": "the ELBO has one importance weight per term, where DReG is exactly STL; use objective.gradient=stl."
+    }
 
     def __init__(
         self,
@@ -46,8 +59,9 @@ class ELBO(Objective):
         warmup: Mapping[str, Any] | None = None,
         free_bits: float | None = None,
         capacity: Mapping[str, Any] | None = None,
+        gradient: str = "reparameterization",
     ) -> None:
-        super().__init__(n_samples=n_samples, kl=kl)
+        super().__init__(n_samples=n_samples, kl=kl, gradient=gradient)
         if kl_weight < 0:
             raise ConfigError(f"objective.kl_weight={kl_weight} must be >= 0 (it is beta, the weight of the KL).")
         if free_bits is not None and free_bits < 0:
@@ -64,6 +78,25 @@ class ELBO(Objective):
         self.capacity = None if capacity_max is None else CapacitySchedule(max=capacity_max, steps=capacity_steps)
         if self.capacity is not None:
             self._check_capacity_alone()
+        self._check_gradient_options()
+        self.baseline = ScoreBaseline()
+
+    def _check_gradient_options(self) -> None:
+        if self.gradient == "stl":
+            if self.kl == "analytic":
+                raise ConfigError(
+                    "objective.gradient=stl drops the score term of log q(z|x) from a Monte Carlo KL, and "
+                    "objective.kl=analytic has none; use objective.kl=mc (or auto), or gradient=reparameterization."
+                )
+            self.kl = "mc"
+            if self.free_bits is not None:
+                raise ConfigError("objective.gradient=stl does not cover the per-dimension KL of objective.free_bits; "
+                                  "use gradient=reparameterization with free bits.")
+        if self.gradient == "score_function" and (self.free_bits is not None or self.capacity is not None):
+            raise ConfigError(
+                "objective.gradient=score_function needs a KL term that is an expectation over z; objective.free_bits "
+                "and objective.capacity are not. Use gradient=reparameterization with them."
+            )
 
     def _check_capacity_alone(self) -> None:
         if self.capacity_gamma < 0:
@@ -107,7 +140,15 @@ class ELBO(Objective):
         return self.current_kl_weight(step, epoch) * kl
 
     def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
-        return -terms.reconstruction.mean() + self.kl_penalty(terms, step, epoch)
+        if self.gradient == "stl":  # same value; log q keeps only its gradient through z
+            terms = replace(terms, kl=terms.kl - terms.direct_log_posterior().mean(0))
+        loss = -terms.reconstruction.mean() + self.kl_penalty(terms, step, epoch)
+        if self.gradient == "score_function":  # z carries no path: the encoder learns from (f - b) grad log q
+            signal = terms.log_likelihood
+            if not terms.analytic_kl:
+                signal = signal - self.current_kl_weight(step, epoch) * (terms.log_posterior - terms.log_prior)
+            loss = loss - (self.baseline.center(signal) * terms.log_posterior).mean()
+        return loss
 
     def logged_values(self, step: int, epoch: int) -> dict[str, float]:
         if self.capacity is not None:
