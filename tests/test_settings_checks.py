@@ -70,6 +70,11 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "data.seed": ([], "data.seed", "-1"),
     "data.binarization": ([], "data.binarization", "fuzzy"),
     "data.mirror": ([], "data.mirror", "ftp://mirror.example/mnist/"),
+    "objective.m": (["objective=miwae"], "objective.m", "0"),
+    "objective.elbo_fraction": (["objective=ciwae"], "objective.elbo_fraction", "1.5"),
+    "objective.gradient": ([], "objective.gradient", "finite_differences"),
+    "gradient_snr.epochs": ([], "gradient_snr.epochs", "[-1]"),
+    "gradient_snr.n_estimates": ([], "gradient_snr.n_estimates", "1"),
     "likelihood.variance": (["likelihood=gaussian"], "likelihood.variance", "learned"),
     "likelihood.scale": (["likelihood=laplace"], "likelihood.scale", "learned"),
     "likelihood.*_sigma": (["likelihood=gaussian"], "likelihood.min_sigma", "0"),
@@ -113,6 +118,7 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "trainer.devices": ([], "trainer.devices", "0"),
     "logger.wandb.mode": ([], "logger.wandb.mode", "sometimes"),
     "logger.wandb.init_timeout": ([], "logger.wandb.init_timeout", "0"),
+    "logger.wandb.images_every_n_epochs": ([], "logger.wandb.images_every_n_epochs", "-1"),
 }
 
 
