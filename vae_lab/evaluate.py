@@ -124,6 +124,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         memory_budget_mb=cfg.memory_budget_mb,
         n_test_images=cfg.n_test_images,
         active_unit_threshold=cfg.active_unit_threshold,
+        surgery=OmegaConf.to_container(cfg.surgery) if cfg.get("surgery") is not None else None,
+        inference_gap=OmegaConf.to_container(cfg.inference_gap) if cfg.get("inference_gap") is not None else None,
     )
 
     datamodule = build_datamodule(run_cfg)

@@ -1,0 +1,173 @@
+"""ELBO surgery and the inference gaps (vae_lab.decompositions) on a linear-Gaussian model, where
+everything is known in closed form: z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I), so that
+p(z|x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1 and, for the exact posterior,
+I(x; z) = 1/2 log det(I + W^T W / s^2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal, kl_divergence
+
+from vae_lab.decompositions import InferenceGapSettings, elbo_surgery, inference_gaps
+from vae_lab.errors import ConfigError
+from vae_lab.evaluation import EvaluationSettings
+
+
+
+@pytest.fixture(autouse=True)
+def double_precision():
+    """Closed forms compared to 2-3 decimals: float64 in these tests only."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+class StandardNormalPrior:
+    latent_dim = 2
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return Normal(0.0, 1.0).log_prob(z).sum(-1)
+
+
+class LinearGaussian(nn.Module):
+    """The linear-Gaussian model with the model interface vae_lab.decompositions uses (posterior,
+    observation_model, prior, kl_divergence); ``encoder`` maps x to the (mean, std) of a diagonal q."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, noise: float, encoder: str = "exact") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.noise = noise
+        self.encoder = encoder
+        self.prior = StandardNormalPrior()
+        d = weight.shape[1]
+        self.precision = torch.eye(d) + weight.T @ weight / noise**2  # of p(z|x)
+        self.covariance = torch.linalg.inv(self.precision)
+
+    def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.bias) @ self.weight @ self.covariance.T / self.noise**2
+
+    def posterior(self, x: torch.Tensor) -> Independent:
+        mean = self.posterior_mean(x)
+        if self.encoder == "exact":  # W^T W diagonal: the exact posterior is a diagonal Gaussian
+            scale = self.covariance.diagonal().sqrt()
+        else:  # "optimal diagonal": mean of p(z|x), variances 1 / Lambda_jj (minimizes KL(q || p(z|x)))
+            scale = self.precision.diagonal().rsqrt()
+        if self.encoder == "shifted":  # a poor encoder: mean off by 0.5 in every dimension
+            mean = mean + 0.5
+        return Independent(Normal(mean, scale.expand_as(mean)), 1)
+
+    def observation_model(self, z: torch.Tensor) -> Independent:
+        return Independent(Normal(z @ self.weight.T + self.bias, self.noise), 1)
+
+    def kl_divergence(self, posterior, z, log_prior, log_posterior):  # noqa: ANN001, ANN201 (the VAE's signature)
+        prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+        return kl_divergence(posterior, prior), None
+
+    def sample_x(self, n: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.weight.shape[1], generator=generator)
+        return z @ self.weight.T + self.bias + self.noise * torch.randn(n, self.weight.shape[0], generator=generator)
+
+
+def orthogonal_model() -> LinearGaussian:
+    """W = Q diag(c) with orthonormal Q: W^T W diagonal, so the exact posterior is diagonal."""
+    q, _ = torch.linalg.qr(torch.randn(5, 2, generator=torch.Generator().manual_seed(0)))
+    return LinearGaussian(q * torch.tensor([1.5, 0.8]), torch.linspace(-1, 1, 5), noise=0.7)
+
+
+def correlated_model(encoder: str) -> LinearGaussian:
+    weight = torch.tensor([[1.0, 0.5], [0.4, 1.0], [0.3, -0.2], [0.6, 0.5], [0.0, 0.5]])
+    return LinearGaussian(weight, torch.zeros(5), noise=0.6, encoder=encoder)
+
+
+def surgery(model: LinearGaussian, n_images: int, n_samples: int, seed: int = 1):
+    x = model.sample_x(n_images, seed)
+    posterior = model.posterior(x)
+    average_kl = float(model.kl_divergence(posterior, None, None, None)[0].mean())
+    generator = torch.Generator().manual_seed(seed + 100)
+    return elbo_surgery(posterior.base_dist.loc, posterior.base_dist.scale, model.prior.log_prob, average_kl, n_samples, generator)
+
+
+def test_surgery_of_the_exact_posterior_marginal_kl_is_zero_and_information_is_the_average_kl() -> None:
+    model = orthogonal_model()
+    information = 0.5 * float(torch.logdet(model.precision))  # I(x; z) of the exact posterior
+    result = surgery(model, n_images=4000, n_samples=4)
+    # The aggregate posterior of the exact posterior is the prior: marginal KL -> 0, I_q -> average KL -> I(x; z).
+    assert abs(result.marginal_kl) < 0.02
+    assert result.mutual_information == pytest.approx(result.average_kl, abs=0.03)
+    assert result.mutual_information == pytest.approx(information, abs=0.05)
+    assert result.mutual_information < math.log(4000)
+    # Independent estimators: their sum matches the average KL up to Monte Carlo error.
+    error = math.hypot(result.mutual_information_stderr, result.marginal_kl_stderr)
+    assert abs(result.mutual_information + result.marginal_kl - result.average_kl) < 4 * error
+
+
+def test_surgery_estimators_converge_as_images_and_samples_grow() -> None:
+    model = orthogonal_model()
+    information = 0.5 * float(torch.logdet(model.precision))
+    results = [surgery(model, n_images=n, n_samples=16) for n in (50, 400, 3200)]
+    marginals = [r.marginal_kl for r in results]
+    # The N-image marginal KL is biased high (the mixture of N posteriors is lumpier than the prior);
+    # the bias shrinks as N grows, and I_q tends to I(x; z).
+    assert marginals[0] > marginals[1] > marginals[2] > -0.005
+    assert marginals[0] > 0.03 and marginals[2] < 0.01
+    assert results[2].mutual_information == pytest.approx(information, abs=0.04)
+    for result in results:
+        error = math.hypot(result.mutual_information_stderr, result.marginal_kl_stderr)
+        assert abs(result.mutual_information + result.marginal_kl - result.average_kl) < 4 * error
+    # The Monte Carlo error falls like 1/sqrt(samples).
+    few, many = surgery(model, 400, n_samples=2), surgery(model, 400, n_samples=32)
+    assert many.marginal_kl_stderr < few.marginal_kl_stderr / 2.5
+    assert many.mutual_information_stderr < few.mutual_information_stderr / 2.5
+
+
+def gaps(model: LinearGaussian, n_images: int = 100, k: int = 400, steps: int = 150):
+    settings = InferenceGapSettings(n_images=n_images, steps=steps, lr=0.05, n_samples=8, images_per_batch=64)
+    x = model.sample_x(n_images, seed=3)
+    return inference_gaps(model, x, settings, k, samples_per_chunk=100, generator=torch.Generator().manual_seed(4))
+
+
+def closed_form_approximation_gap(model: LinearGaussian) -> float:
+    """KL(q* || p(z|x)) for the optimal diagonal q*: 1/2 (sum_j log Lambda_jj - log det Lambda)."""
+    return 0.5 * float(model.precision.diagonal().log().sum() - torch.logdet(model.precision))
+
+
+def test_approximation_gap_is_its_closed_form_and_amortization_gap_is_zero_for_the_optimal_encoder() -> None:
+    model = correlated_model("optimal diagonal")
+    expected = closed_form_approximation_gap(model)
+    assert expected > 0.1  # the true posterior is correlated: the diagonal family cannot reach it
+    result = gaps(model)
+    assert result.approximation_gap == pytest.approx(expected, abs=max(0.01, 4 * result.approximation_gap_stderr))
+    assert abs(result.amortization_gap) < max(0.005, 4 * result.amortization_gap_stderr)
+    # log p(x) by importance sampling matches the closed form N(b, W W^T + s^2 I).
+    x = model.sample_x(100, seed=3)
+    marginal = torch.distributions.MultivariateNormal(model.bias, model.weight @ model.weight.T + model.noise**2 * torch.eye(5))
+    assert result.log_likelihood == pytest.approx(float(marginal.log_prob(x).mean()), abs=0.01)
+
+
+def test_amortization_gap_of_a_poor_encoder_is_its_closed_form() -> None:
+    model = correlated_model("shifted")
+    result = gaps(model)
+    # q has the optimal variances but its mean is off by delta: KL(q || p(z|x)) grows by 1/2 delta^T Lambda delta.
+    delta = torch.full((2,), 0.5)
+    expected = 0.5 * float(delta @ model.precision @ delta)
+    assert result.amortization_gap == pytest.approx(expected, abs=0.02)
+    assert result.approximation_gap == pytest.approx(closed_form_approximation_gap(model), abs=0.02)
+    # The gaps add up to log p(x) - ELBO[q] on the same images.
+    assert result.approximation_gap + result.amortization_gap == pytest.approx(result.log_likelihood - result.elbo_encoder)
+
+
+def test_settings_are_checked_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="inference_gap.steps"):
+        EvaluationSettings(inference_gap={"n_images": 10, "steps": 0})
+    with pytest.raises(ConfigError, match="unknown setting.*inference_gap.n_image"):
+        EvaluationSettings.from_config({"inference_gap": {"n_image": 10}})
+    with pytest.raises(ConfigError, match="surgery.n_samples"):
+        EvaluationSettings(surgery={"n_samples": -1})
+    assert EvaluationSettings.from_config({"inference_gap": {"n_images": 7}}).inference_gap.n_images == 7
