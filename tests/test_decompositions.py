@@ -5,13 +5,16 @@ I(x; z) = 1/2 log det(I + W^T W / s^2)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
+from conftest import TINY, run_cli
 from vae_lab.decompositions import InferenceGapSettings, elbo_surgery, inference_gaps
 from vae_lab.errors import ConfigError
 from vae_lab.evaluation import EvaluationSettings
@@ -91,7 +94,8 @@ def surgery(model: LinearGaussian, n_images: int, n_samples: int, seed: int = 1)
     posterior = model.posterior(x)
     average_kl = float(model.kl_divergence(posterior, None, None, None)[0].mean())
     generator = torch.Generator().manual_seed(seed + 100)
-    return elbo_surgery(posterior.base_dist.loc, posterior.base_dist.scale, model.prior.log_prob, average_kl, n_samples, generator)
+    loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
+    return elbo_surgery(loc, scale, model.prior.log_prob, average_kl, n_samples, generator)
 
 
 def test_surgery_of_the_exact_posterior_marginal_kl_is_zero_and_information_is_the_average_kl() -> None:
@@ -147,7 +151,8 @@ def test_approximation_gap_is_its_closed_form_and_amortization_gap_is_zero_for_t
     assert abs(result.amortization_gap) < max(0.005, 4 * result.amortization_gap_stderr)
     # log p(x) by importance sampling matches the closed form N(b, W W^T + s^2 I).
     x = model.sample_x(100, seed=3)
-    marginal = torch.distributions.MultivariateNormal(model.bias, model.weight @ model.weight.T + model.noise**2 * torch.eye(5))
+    covariance = model.weight @ model.weight.T + model.noise**2 * torch.eye(5)
+    marginal = torch.distributions.MultivariateNormal(model.bias, covariance)
     assert result.log_likelihood == pytest.approx(float(marginal.log_prob(x).mean()), abs=0.01)
 
 
@@ -160,7 +165,8 @@ def test_amortization_gap_of_a_poor_encoder_is_its_closed_form() -> None:
     assert result.amortization_gap == pytest.approx(expected, abs=0.02)
     assert result.approximation_gap == pytest.approx(closed_form_approximation_gap(model), abs=0.02)
     # The gaps add up to log p(x) - ELBO[q] on the same images.
-    assert result.approximation_gap + result.amortization_gap == pytest.approx(result.log_likelihood - result.elbo_encoder)
+    total = result.approximation_gap + result.amortization_gap
+    assert total == pytest.approx(result.log_likelihood - result.elbo_encoder)
 
 
 def test_settings_are_checked_before_any_work() -> None:
@@ -171,3 +177,87 @@ def test_settings_are_checked_before_any_work() -> None:
     with pytest.raises(ConfigError, match="surgery.n_samples"):
         EvaluationSettings(surgery={"n_samples": -1})
     assert EvaluationSettings.from_config({"inference_gap": {"n_images": 7}}).inference_gap.n_images == 7
+
+
+# ---------------------------------------------------------------- a trained MNIST model, through the commands
+def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Path) -> None:
+    """A tiny real run with both decompositions at the end of training, then ``vae_lab.evaluate`` on
+    the same images: the identities hold within the stated Monte Carlo errors."""
+    run_dir = tmp_path / "run"
+    gap_settings = ["n_images=40", "steps=100", "lr=0.02", "n_samples=4"]
+    trained = run_cli(
+        "vae_lab.train", *TINY, "eval.n_importance_samples=100", "eval.n_test_images=300", "eval.surgery.n_samples=4",
+        *(f"eval.inference_gap.{setting}" for setting in gap_settings), "threads=1", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "amortization gap" in trained.stdout and "test/mutual_information" in trained.stdout
+    at_end = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    for name in ("test/mutual_information", "test/marginal_kl", "test/approximation_gap", "test/amortization_gap"):
+        assert math.isfinite(at_end[name]), name
+    with (run_dir / "metrics.csv").open() as file:  # logged like the other test metrics
+        assert "test/marginal_kl" in file.readline()
+    evaluated = run_cli(
+        "vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=100", "n_test_images=40", "surgery.n_samples=4",
+        *(f"inference_gap.{setting}" for setting in gap_settings), "threads=1", cwd=tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    after = json.loads((run_dir / "summary.json").read_text())
+    metrics, details = after["metrics"], after["evaluation"]
+    surgery, gaps = details["surgery"], details["inference_gap"]
+    # ELBO surgery: I_q + marginal KL = the average KL, within the estimators' Monte Carlo error; I_q <= log N.
+    surgery_error = math.hypot(surgery["mutual_information_stderr"], surgery["marginal_kl_stderr"])
+    total_kl = metrics["test/mutual_information"] + metrics["test/marginal_kl"]
+    assert abs(total_kl - metrics["test/average_kl"]) < 4 * surgery_error
+    assert 0 < metrics["test/mutual_information"] < math.log(40)
+    assert metrics["test/marginal_kl"] > -4 * surgery["marginal_kl_stderr"]
+    # The gaps are >= 0 within their Monte Carlo error ...
+    assert metrics["test/approximation_gap"] > -4 * gaps["approximation_gap_stderr"]
+    assert metrics["test/amortization_gap"] > -4 * gaps["amortization_gap_stderr"]
+    assert metrics["test/amortization_gap"] > 0.1  # a model trained for one epoch leaves the encoder far from q*
+    # ... and add up to -ELBO - NLL of the same 40 images, as vae_lab.evaluate measured them (its own noise,
+    # the encoder as the proposal): within the error of the two IS estimates and the ELBO.
+    total = metrics["test/approximation_gap"] + metrics["test/amortization_gap"]
+    assert total == pytest.approx(gaps["log_likelihood"] - gaps["elbo_encoder"])
+    measured = -metrics["test/elbo_k_samples"] - metrics["test/nll_is"]
+    assert total == pytest.approx(measured, abs=max(0.5, 0.1 * measured))
+
+
+# ---------------------------------------------------------------- the report of a real beta multirun
+def test_report_of_a_beta_multirun_draws_the_rate_distortion_plane_and_collapse_heatmaps(tmp_path: Path) -> None:
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from vae_lab.collapse import kl_history
+
+    sweep_dir = tmp_path / "beta"
+    overrides = [o for o in TINY if not o.startswith(("logger=", "trainer.max_epochs="))]
+    multirun = run_cli(
+        "vae_lab.train", "-m", "objective.kl_weight=0.5,2.0", *overrides, "trainer.max_epochs=2", "logger=wandb",
+        "threads=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env={"WANDB_MODE": "offline"},
+    )
+    assert multirun.returncode == 0, multirun.stderr[-3000:]
+    for job in ("0", "1"):
+        run_dir = sweep_dir / job
+        epochs, values = kl_history(run_dir / "metrics.csv")
+        assert epochs == [1, 2] and all(len(vector) == 50 for vector in values)
+        with (run_dir / "metrics.csv").open(newline="") as file:
+            rows = [row for row in csv.DictReader(file) if row["val/kl_per_dim/00"]]
+        # The two epochs' rows, not the re-validation of the best checkpoint after training (at the test row's step).
+        assert len(rows) == 3 and values[1][7] == pytest.approx(float(rows[1]["val/kl_per_dim/07"]))
+        assert (run_dir / "images" / "kl_per_dim_heatmap.png").is_file()
+        (records,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        assert b"kl_per_dim_heatmap" in records.read_bytes()
+        metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+        # The plane's coordinates: D + R is the negative test ELBO of the job.
+        assert -metrics["test/reconstruction"] + metrics["test/kl"] == pytest.approx(-metrics["test/elbo"], abs=1e-3)
+    report = run_cli("vae_lab.report", str(sweep_dir), "--no-wandb", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    markdown = (sweep_dir / "report.md").read_text()
+    for name in ("rate_distortion.png", "kl_per_dim_heatmaps.png"):
+        assert f"](report_plots/{name})" in markdown
+        with Image.open(sweep_dir / "report_plots" / name) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=float)
+        assert image.width >= 500 and pixels.var() > 100 and (pixels.min(axis=2) < 200).mean() > 0.02, name

@@ -25,7 +25,8 @@ The inference gap (Cremer, Li & Duvenaud 2018). log p(x) - ELBO[q] splits into t
 log p(x) - ELBO[q*] (the family) and the amortization gap ELBO[q*] - ELBO[q] (the encoder), where
 q*(z|x_n) is fitted to each image separately, within the same family: for the diagonal Gaussian
 head its mean and log-variance, starting from the encoder's output, by Adam on the ELBO with K
-reparameterized samples per step (learning rate annealed to 0 by a cosine schedule), all images' parameters in one tensor, the decoder frozen. Then
+reparameterized samples per step (learning rate annealed to 0 by a cosine schedule), all images'
+parameters in one tensor, the decoder frozen. Then
 ELBO[q] and ELBO[q*] are estimated with the same k noise draws (common random numbers: the
 difference has low variance), and log p(x) by importance sampling with k samples and q* as the
 proposal (the tighter proposal; with the encoder as proposal it is reported too). The importance
@@ -59,13 +60,16 @@ class SurgerySettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_samples, int) or self.n_samples < 0:
-            raise ConfigError(f"eval.surgery.n_samples={self.n_samples} must be an integer >= 0 (0 skips ELBO surgery).")
+            raise ConfigError(
+                f"eval.surgery.n_samples={self.n_samples} must be an integer >= 0 (0 skips ELBO surgery)."
+            )
 
 
 @dataclass(frozen=True)
 class InferenceGapSettings:
     """``eval.inference_gap``: q* fitted on the first ``n_images`` test images (0 = off) by ``steps``
-    Adam steps from learning rate ``lr`` (cosine-annealed to 0), each on the ELBO with ``n_samples`` samples per image."""
+    Adam steps from learning rate ``lr`` (cosine-annealed to 0), each on the ELBO with ``n_samples``
+    samples per image, ``images_per_batch`` images optimised together."""
 
     n_images: int = 0
     steps: int = 500
@@ -181,9 +185,11 @@ class SurgeryResult:
     def rows(self) -> list[tuple[str, str]]:
         return [
             ("I_q(n; z) (test/mutual_information)",
-             f"{self.mutual_information:.3f} ± {self.mutual_information_stderr:.3f} nats (log N = {math.log(self.n_images):.2f})"),
+             f"{self.mutual_information:.3f} ± {self.mutual_information_stderr:.3f} nats "
+             f"(log N = {math.log(self.n_images):.2f})"),
             ("KL(q(z) || p(z)) (test/marginal_kl)", f"{self.marginal_kl:.3f} ± {self.marginal_kl_stderr:.3f} nats"),
-            ("their sum vs the average KL", f"{self.mutual_information + self.marginal_kl:.3f} vs {self.average_kl:.3f} nats"),
+            ("their sum vs the average KL",
+             f"{self.mutual_information + self.marginal_kl:.3f} vs {self.average_kl:.3f} nats"),
         ]
 
 
@@ -229,7 +235,9 @@ def elbo_surgery(
 
 
 # ------------------------------------------------------------------------------------ inference gap
-def elbo_samples(model: Any, x: torch.Tensor, posterior: Independent, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_samples(
+    model: Any, x: torch.Tensor, posterior: Independent, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ELBO integrand log p(x|z) - KL term, log-weight log p(x|z) + log p(z) - log q(z|x)), both [S, B],
     for z [S, B, d] drawn from ``posterior``; the KL term is the model's own (analytic when it has one)."""
     log_likelihood = model.observation_model(z).log_prob(x)
@@ -257,7 +265,9 @@ def fit_local_posteriors(
     with torch.enable_grad():
         for _ in range(settings.steps):
             q = gaussian(loc, log_variance)
-            noise = torch.randn((settings.n_samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
+            noise = torch.randn(
+                (settings.n_samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype
+            )
             z = q.base_dist.loc + q.base_dist.scale * noise
             integrand, _ = elbo_samples(model, x, q, z)
             loss = -integrand.mean(0).sum()
@@ -289,7 +299,13 @@ def log_mean_exp_and_variance(log_weights: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def gap_estimates(
-    model: Any, x: torch.Tensor, encoder: Independent, optimized: Independent, k: int, chunk: int, generator: torch.Generator
+    model: Any,
+    x: torch.Tensor,
+    encoder: Independent,
+    optimized: Independent,
+    k: int,
+    chunk: int,
+    generator: torch.Generator,
 ) -> GapEstimates:
     """ELBO[q] and ELBO[q*] on the same k noise draws, log p(x) by importance sampling with q* (and,
     for comparison, with q) as the proposal; the log-weights of all k samples go through one logsumexp."""
@@ -300,7 +316,8 @@ def gap_estimates(
                 (min(chunk, k - start), *encoder.base_dist.loc.shape), generator=generator,
                 device=x.device, dtype=encoder.base_dist.loc.dtype,
             )
-            for q, integrand_name, weight_name in ((encoder, "encoder", "log_w_encoder"), (optimized, "optimized", "log_w")):
+            pairs = ((encoder, "encoder", "log_w_encoder"), (optimized, "optimized", "log_w"))
+            for q, integrand_name, weight_name in pairs:
                 integrand, log_weight = elbo_samples(model, x, q, q.base_dist.loc + q.base_dist.scale * noise)
                 columns[integrand_name].append(integrand.double())
                 columns[weight_name].append(log_weight.double())
@@ -355,9 +372,11 @@ class InferenceGapResult:
 
     def rows(self) -> list[tuple[str, str]]:
         n = self.settings.n_images
+        approximation = f"{self.approximation_gap:.3f} ± {self.approximation_gap_stderr:.3f} nats"
+        amortization = f"{self.amortization_gap:.3f} ± {self.amortization_gap_stderr:.3f} nats"
         return [
-            (f"approximation gap, {n} images", f"{self.approximation_gap:.3f} ± {self.approximation_gap_stderr:.3f} nats"),
-            (f"amortization gap, {n} images", f"{self.amortization_gap:.3f} ± {self.amortization_gap_stderr:.3f} nats"),
+            (f"approximation gap, {n} images", approximation),
+            (f"amortization gap, {n} images", amortization),
             ("  -log p(x) (q*) | -ELBO[q*] | -ELBO[q]",
              f"{-self.log_likelihood:.3f} | {-self.elbo_optimized:.3f} | {-self.elbo_encoder:.3f} nats"),
         ]
@@ -390,7 +409,9 @@ def inference_gaps(
             raise ConfigError(f"eval.inference_gap {unsupported_family(encoder)}; set eval.inference_gap.n_images=0.")
         encoder = gaussian(base.loc.clone(), 2 * base.scale.clone().log())
         optimized = fit_local_posteriors(model, x, encoder.base_dist, settings, generator)
-        estimates.append(gap_estimates(model, x, encoder, optimized, n_importance_samples, samples_per_chunk, generator))
+        estimates.append(
+            gap_estimates(model, x, encoder, optimized, n_importance_samples, samples_per_chunk, generator)
+        )
     joined = {name: torch.cat([getattr(e, name) for e in estimates]) for name in GapEstimates.__dataclass_fields__}
     n = settings.n_images
 
