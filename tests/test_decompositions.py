@@ -261,3 +261,15 @@ def test_report_of_a_beta_multirun_draws_the_rate_distortion_plane_and_collapse_
         with Image.open(sweep_dir / "report_plots" / name) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=float)
         assert image.width >= 500 and pixels.var() > 100 and (pixels.min(axis=2) < 200).mean() > 0.02, name
+
+
+def test_bad_decomposition_settings_are_refused_before_training(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "vae_lab.train", *TINY, "eval.inference_gap.steps=0", "eval.surgery.n_samples=-1", "eval.inference_gap.lr=0",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    for problem in ("eval.surgery.n_samples=-1", "eval.inference_gap.steps=0", "eval.inference_gap.lr=0"):
+        assert problem in result.stderr
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()

@@ -135,6 +135,12 @@ RULES: dict[str, Rule] = {
     "schedule": one_of(("full", "short")),
     "early_stopping.patience": at_least(1),
     "eval.n_importance_samples": at_least(0),
+    "eval.surgery.n_samples": at_least(0),
+    "eval.inference_gap.n_images": at_least(0),
+    "eval.inference_gap.steps": at_least(1),
+    "eval.inference_gap.n_samples": at_least(1),
+    "eval.inference_gap.images_per_batch": at_least(1),
+    "eval.inference_gap.lr": greater_than(0),
     "model.initialize_output_bias": one_of((True, False, "auto")),
     # data
     "data.batch_size": at_least(1),

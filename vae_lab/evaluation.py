@@ -92,6 +92,11 @@ class EvaluationSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1, or null.")
+        if self.n_test_images is not None and self.inference_gap.n_images > self.n_test_images:
+            raise ConfigError(
+                f"inference_gap.n_images={self.inference_gap.n_images} is more than the n_test_images={self.n_test_images} "
+                "evaluated; the gaps are measured on the first of those images: lower it, or raise n_test_images."
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> EvaluationSettings:
