@@ -194,7 +194,10 @@ def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Pa
     assert "amortization gap" in trained.stdout and "test/mutual_information" in trained.stdout
     at_end = json.loads((run_dir / "summary.json").read_text())["metrics"]
     for name in ("test/mutual_information", "test/marginal_kl", "test/approximation_gap", "test/amortization_gap"):
-        assert math.isfinite(at_end[name]), name
+        assert math.isfinite(at_end[name]) and at_end[f"{name}_stderr"] > 0, name
+    surgery_error = math.hypot(at_end["test/mutual_information_stderr"], at_end["test/marginal_kl_stderr"])
+    total_kl = at_end["test/mutual_information"] + at_end["test/marginal_kl"]
+    assert abs(total_kl - at_end["test/average_kl"]) < 4 * surgery_error
     with (run_dir / "metrics.csv").open() as file:  # logged like the other test metrics
         assert "test/marginal_kl" in file.readline()
     evaluated = run_cli(
@@ -221,6 +224,12 @@ def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Pa
     assert total == pytest.approx(gaps["log_likelihood"] - gaps["elbo_encoder"])
     measured = -metrics["test/elbo_k_samples"] - metrics["test/nll_is"]
     assert total == pytest.approx(measured, abs=max(0.5, 0.1 * measured))
+    # A re-evaluation without the gaps leaves no stale gap in the summary (its evaluation block has none).
+    again = run_cli("vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=5", "n_test_images=40", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert "test/amortization_gap" not in after["metrics"] and "inference_gap" not in after["evaluation"]
+    assert after["evaluation"]["surgery"]["n_samples"] == 1 and "test/mutual_information" in after["metrics"]
 
 
 # ---------------------------------------------------------------- the report of a real beta multirun

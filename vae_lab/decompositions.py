@@ -47,6 +47,12 @@ from torch.distributions import Distribution, Independent, Normal
 
 from vae_lab.errors import ConfigError
 
+#: Every metric this module reports: a re-evaluation that does not compute one removes its old value.
+METRIC_NAMES = tuple(
+    f"test/{name}{suffix}"
+    for name in ("mutual_information", "marginal_kl", "approximation_gap", "amortization_gap")
+    for suffix in ("", "_stderr")
+) + ("test/average_kl",)
 #: Latent vectors x images per block of the O(N^2) log q(z) computation (float64: 8 bytes each).
 AGGREGATE_BLOCK = 2**21
 LOG_2PI = math.log(2 * math.pi)
@@ -163,9 +169,12 @@ class SurgeryResult:
     seconds: float
 
     def metrics(self) -> dict[str, float]:
+        """The summary.json metrics, with their Monte Carlo standard errors (``*_stderr``)."""
         return {
             "test/mutual_information": self.mutual_information,
+            "test/mutual_information_stderr": self.mutual_information_stderr,
             "test/marginal_kl": self.marginal_kl,
+            "test/marginal_kl_stderr": self.marginal_kl_stderr,
             "test/average_kl": self.average_kl,
         }
 
@@ -353,7 +362,13 @@ class InferenceGapResult:
     seconds: float
 
     def metrics(self) -> dict[str, float]:
-        return {"test/approximation_gap": self.approximation_gap, "test/amortization_gap": self.amortization_gap}
+        """The summary.json metrics, with their Monte Carlo standard errors (``*_stderr``)."""
+        return {
+            "test/approximation_gap": self.approximation_gap,
+            "test/approximation_gap_stderr": self.approximation_gap_stderr,
+            "test/amortization_gap": self.amortization_gap,
+            "test/amortization_gap_stderr": self.amortization_gap_stderr,
+        }
 
     def details(self) -> dict[str, Any]:
         return {

@@ -104,6 +104,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from vae_lab.build import build_datamodule, build_model
+    from vae_lab.decompositions import METRIC_NAMES
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
     from vae_lab.threads import choose_threads
@@ -143,6 +144,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     summary_path = run_dir / "summary.json"
     summary = read_summary(summary_path)
+    for name in METRIC_NAMES:  # ELBO surgery and the gaps of an earlier evaluation, unless measured again
+        summary.get("metrics", {}).pop(name, None)
     summary.setdefault("metrics", {}).update(result.metrics())
     summary["evaluation"] = {
         **result.details(),

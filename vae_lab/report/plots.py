@@ -216,9 +216,10 @@ def image_grid(report: Report, path: Path) -> Path | None:
 def rate_distortion(report: Report, path: Path) -> Path | None:
     """The rate-distortion plane (Alemi et al. 2018): each complete job at distortion
     D = -E_q log p(x|z) (-test/reconstruction) and rate R = KL (test/kl), one colour per setting of
-    the swept axes; the dashed lines R + D = const are models of equal ELBO."""
+    the swept axes; the dashed lines R + D = const are models of equal ELBO. A job with ELBO surgery
+    is annotated with its mutual information and marginal KL (the two parts of its rate)."""
     points = [
-        (index, -float(job.metrics["test/reconstruction"]), float(job.metrics["test/kl"]))
+        (index, -float(job.metrics["test/reconstruction"]), float(job.metrics["test/kl"]), job)
         for index, row in enumerate(report.rows)
         for job in row.complete
         if all(isinstance(job.metrics.get(name), (int, float)) for name in ("test/reconstruction", "test/kl"))
@@ -229,13 +230,19 @@ def rate_distortion(report: Report, path: Path) -> Path | None:
     figure, panel = plt.subplots(figsize=(7, 5.5))
     palette = colours(len(report.rows))
     labelled: set[int] = set()
-    for index, distortion, rate in points:
+    for index, distortion, rate, job in points:
         label = None if index in labelled else report.rows[index].label()
         labelled.add(index)
         panel.scatter(
             [distortion], [rate], s=45, color=palette[index], label=label, zorder=3, edgecolors="black", linewidths=0.4
         )
-    distortions, rates = [d for _, d, _ in points], [r for _, _, r in points]
+        parts = [job.metrics.get(name) for name in ("test/mutual_information", "test/marginal_kl")]
+        if all(isinstance(part, (int, float)) for part in parts):  # ELBO surgery of the rate (its own test images)
+            panel.annotate(
+                f"I={parts[0]:.1f}, KL(q(z)||p)={parts[1]:.1f}", (distortion, rate), fontsize=7,
+                xytext=(6, 4), textcoords="offset points",
+            )
+    distortions, rates = [d for _, d, _, _ in points], [r for _, _, r, _ in points]
     pad_d = 0.1 * (max(distortions) - min(distortions)) + 1.0
     pad_r = 0.1 * (max(rates) - min(rates)) + 1.0
     low_d, high_d = min(distortions) - pad_d, max(distortions) + pad_d
