@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -236,28 +237,34 @@ def rate_distortion(report: Report, path: Path) -> Path | None:
         panel.scatter(
             [distortion], [rate], s=45, color=palette[index], label=label, zorder=3, edgecolors="black", linewidths=0.4
         )
+        text = f"-ELBO={distortion + rate:.1f}"
         parts = [job.metrics.get(name) for name in ("test/mutual_information", "test/marginal_kl")]
         if all(isinstance(part, (int, float)) for part in parts):  # ELBO surgery of the rate (its own test images)
-            panel.annotate(
-                f"I={parts[0]:.1f}, KL(q(z)||p)={parts[1]:.1f}", (distortion, rate), fontsize=7,
-                xytext=(6, 4), textcoords="offset points",
-            )
+            text += f"\nI={parts[0]:.1f}, KL(q(z)||p)={parts[1]:.1f}"
+        panel.annotate(text, (distortion, rate), fontsize=7, xytext=(6, 2), textcoords="offset points")
+    if len(report.axes) == 1:  # one swept axis (a beta sweep): the frontier it traces, through the settings' means
+        by_row: dict[int, list[tuple[float, float]]] = {}
+        for index, distortion, rate, _ in points:
+            by_row.setdefault(index, []).append((distortion, rate))
+        means = [
+            (statistics.fmean(d for d, _ in values), statistics.fmean(r for _, r in values))
+            for _, values in sorted(by_row.items())
+        ]
+        panel.plot([d for d, _ in means], [r for _, r in means], "-", color="black", linewidth=0.8, alpha=0.5, zorder=2)
     distortions, rates = [d for _, d, _, _ in points], [r for _, _, r, _ in points]
     pad_d = 0.1 * (max(distortions) - min(distortions)) + 1.0
     pad_r = 0.1 * (max(rates) - min(rates)) + 1.0
     low_d, high_d = min(distortions) - pad_d, max(distortions) + pad_d
     low_r, high_r = max(0.0, min(rates) - pad_r), max(rates) + pad_r
     totals = [d + r for d, r in zip(distortions, rates)]
-    levels = sorted({round(t, 1) for t in (min(totals), max(totals))} | {round(t, 1) for t in totals[:8]})
+    levels = sorted({round(t, 1) for t in (min(totals), max(totals))} | {round(t, 1) for t in totals[:8]})  # equal ELBO
     for level in levels:
         panel.plot([low_d, high_d], [level - low_d, level - high_d], "--", color="grey", linewidth=0.7, zorder=1)
-        anchor = min(high_d, level - low_r)  # where the line leaves the view at the bottom or the right
-        panel.annotate(f"-ELBO={level:g}", (anchor, level - anchor), fontsize=7, color="grey", ha="right", va="bottom")
     panel.set_xlim(low_d, high_d)
     panel.set_ylim(low_r, high_r)
     panel.set_xlabel("distortion D = -E_q[log p(x|z)] (nats, -test/reconstruction)")
     panel.set_ylabel("rate R = KL(q(z|x) || p(z)) (nats, test/kl)")
-    panel.set_title("rate-distortion plane (Alemi et al. 2018); dashed: R + D = -ELBO")
+    panel.set_title("rate-distortion plane (Alemi et al. 2018); dashed: R + D = -ELBO of a job")
     panel.grid(alpha=0.3)
     panel.legend(fontsize=8)
     figure.tight_layout()
