@@ -282,3 +282,24 @@ def test_bad_decomposition_settings_are_refused_before_training(tmp_path: Path) 
     for problem in ("eval.surgery.n_samples=-1", "eval.inference_gap.steps=0", "eval.inference_gap.lr=0"):
         assert problem in result.stderr
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_surgery_and_gaps_with_a_mixture_prior(data_root: Path) -> None:
+    """With the VampPrior (no closed-form KL: the model's Monte Carlo KL), ELBO surgery's parts still add
+    up to the average KL and the gaps are measured (an untrained model on real MNIST test images)."""
+    from conftest import compose_config
+    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.evaluation import evaluate
+
+    cfg = compose_config("data.train_subset=500", "data.val_size=500", "prior=vamp", f"data.root={data_root}")
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    datamodule.setup("test")
+    settings = EvaluationSettings(
+        n_importance_samples=50, n_test_images=200, surgery={"n_samples": 4}, inference_gap={"n_images": 10, "steps": 20}
+    )
+    result = evaluate(model, datamodule.splits["test"], settings)
+    surgery = result.surgery
+    error = math.hypot(surgery.mutual_information_stderr, surgery.marginal_kl_stderr)
+    assert abs(surgery.mutual_information + surgery.marginal_kl - surgery.average_kl) < 4 * error + 0.02
+    assert result.inference_gap.amortization_gap > -4 * result.inference_gap.amortization_gap_stderr

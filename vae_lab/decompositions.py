@@ -229,7 +229,10 @@ def elbo_surgery(
     information, information_error = mean_and_stderr(log_q_own - log_q_aggregate)
     z = draw()  # fresh, independent draws for the marginal KL
     log_q_aggregate = log_aggregate_posterior(z.reshape(-1, loc.shape[-1]), loc, scale).reshape(n_samples, n_images)
-    log_prior = prior_log_prob(z.to(loc.dtype)).double()
+    flat = z.reshape(-1, loc.shape[-1]).to(loc.dtype)
+    rows = max(1, AGGREGATE_BLOCK // (64 * loc.shape[-1]))  # a mixture prior holds [rows, components, d]
+    log_prior = torch.cat([prior_log_prob(flat[i : i + rows]).double() for i in range(0, flat.shape[0], rows)])
+    log_prior = log_prior.reshape(n_samples, n_images)
     marginal, marginal_error = mean_and_stderr(log_q_aggregate - log_prior)
     return SurgeryResult(
         mutual_information=information,
