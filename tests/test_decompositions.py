@@ -291,6 +291,7 @@ def test_surgery_and_gaps_with_a_mixture_prior(data_root: Path) -> None:
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.evaluation import evaluate
 
+    torch.set_default_dtype(torch.float32)  # a real model, as vae_lab builds it (the fixture restores the default)
     cfg = compose_config("data.train_subset=500", "data.val_size=500", "prior=vamp", f"data.root={data_root}")
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
