@@ -225,7 +225,9 @@ def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Pa
     measured = -metrics["test/elbo_k_samples"] - metrics["test/nll_is"]
     assert total == pytest.approx(measured, abs=max(0.5, 0.1 * measured))
     # A re-evaluation without the gaps leaves no stale gap in the summary (its evaluation block has none).
-    again = run_cli("vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=5", "n_test_images=40", cwd=tmp_path)
+    again = run_cli(
+        "vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=5", "n_test_images=40", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     after = json.loads((run_dir / "summary.json").read_text())
     assert "test/amortization_gap" not in after["metrics"] and "inference_gap" not in after["evaluation"]
@@ -297,7 +299,10 @@ def test_surgery_and_gaps_with_a_mixture_prior(data_root: Path) -> None:
     model = build_model(cfg, datamodule)
     datamodule.setup("test")
     settings = EvaluationSettings(
-        n_importance_samples=50, n_test_images=200, surgery={"n_samples": 4}, inference_gap={"n_images": 10, "steps": 20}
+        n_importance_samples=50,
+        n_test_images=200,
+        surgery={"n_samples": 4},
+        inference_gap={"n_images": 10, "steps": 20},
     )
     result = evaluate(model, datamodule.splits["test"], settings)
     surgery = result.surgery
