@@ -26,7 +26,8 @@ def compose_experiment(name: str, schedule: str, data_root: Path, *overrides: st
 
 def test_every_experiment_is_listed() -> None:
     assert {
-        "iwae_vae_k1", "iwae_vae_k5", "iwae_k5", "iwae_k50", "vampprior", "vampprior_standard", "kingma_welling"
+        "iwae_vae_k1", "iwae_vae_k5", "iwae_k5", "iwae_k50", "vampprior", "vampprior_standard", "kingma_welling",
+        "inference_gap",
     } == set(EXPERIMENTS)
 
 

@@ -44,6 +44,8 @@ PLOTS = (
     "metrics_vs_data.batch_size.png",
     "training_curves.png",
     "kl_per_dim.png",
+    "rate_distortion.png",
+    "kl_per_dim_heatmaps.png",
     "images.png",
 )
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

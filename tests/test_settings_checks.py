@@ -119,6 +119,12 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "logger.wandb.mode": ([], "logger.wandb.mode", "sometimes"),
     "logger.wandb.init_timeout": ([], "logger.wandb.init_timeout", "0"),
     "logger.wandb.images_every_n_epochs": ([], "logger.wandb.images_every_n_epochs", "-1"),
+    "eval.surgery.n_samples": ([], "eval.surgery.n_samples", "-1"),
+    "eval.inference_gap.n_images": ([], "eval.inference_gap.n_images", "-1"),
+    "eval.inference_gap.steps": ([], "eval.inference_gap.steps", "0"),
+    "eval.inference_gap.n_samples": ([], "eval.inference_gap.n_samples", "0"),
+    "eval.inference_gap.images_per_batch": ([], "eval.inference_gap.images_per_batch", "0"),
+    "eval.inference_gap.lr": ([], "eval.inference_gap.lr", "0"),
 }
 
 

@@ -48,6 +48,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
+from vae_lab.decompositions import InferenceGapSettings, SurgerySettings
 from vae_lab.evaluation import EvaluationSettings
 from vae_lab.gradient_snr import GradientSNRSettings
 
@@ -161,6 +162,12 @@ RULES: dict[str, Rule] = {
     "eval.images_per_batch": at_least(1),
     "eval.samples_per_chunk": at_least(1),
     "eval.seed": in_interval(0, 2**32 - 1),
+    "eval.surgery.n_samples": at_least(0),
+    "eval.inference_gap.n_images": at_least(0),
+    "eval.inference_gap.steps": at_least(1),
+    "eval.inference_gap.n_samples": at_least(1),
+    "eval.inference_gap.images_per_batch": at_least(1),
+    "eval.inference_gap.lr": greater_than(0),
     "model.initialize_output_bias": one_of((True, False, "auto")),
     # data
     "data.batch_size": at_least(1),
@@ -675,6 +682,8 @@ class EvaluateSettings:
     memory_budget_mb: float | None = None
     n_test_images: int | None = None
     active_unit_threshold: float = 0.01
+    surgery: SurgerySettings | None = None
+    inference_gap: InferenceGapSettings | None = None
     device: str = "auto"
     threads: int | str | None = None
     data_root: str | None = None

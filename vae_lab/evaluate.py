@@ -127,6 +127,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     from vae_lab.build import build_datamodule, build_model
     from vae_lab.config_schema import validate_evaluate_config
+    from vae_lab.decompositions import METRIC_NAMES
     from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
     from vae_lab.machine_checks import evaluation_device
@@ -153,6 +154,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         memory_budget_mb=cfg.memory_budget_mb,
         n_test_images=cfg.n_test_images,
         active_unit_threshold=cfg.active_unit_threshold,
+        surgery=OmegaConf.to_container(cfg.surgery) if cfg.get("surgery") is not None else None,
+        inference_gap=OmegaConf.to_container(cfg.inference_gap) if cfg.get("inference_gap") is not None else None,
     )
 
     datamodule = build_datamodule(run_cfg)
@@ -169,6 +172,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     summary_path = run_dir / "summary.json"
     summary = read_summary(summary_path)
+    for name in METRIC_NAMES:  # ELBO surgery and the gaps of an earlier evaluation, unless measured again
+        summary.get("metrics", {}).pop(name, None)
     summary.setdefault("metrics", {}).update(result.metrics())
     summary["evaluation"] = {
         **result.details(),

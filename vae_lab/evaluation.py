@@ -19,13 +19,24 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
 from vae_lab.console import CountProgress
+from vae_lab.decompositions import (
+    InferenceGapResult,
+    InferenceGapSettings,
+    SurgeryResult,
+    SurgerySettings,
+    diagonal_gaussian,
+    elbo_surgery,
+    inference_gaps,
+    settings_from,
+    unsupported_family,
+)
 from vae_lab.errors import ConfigError
 from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
@@ -65,8 +76,14 @@ class EvaluationSettings:
     active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD
     images_per_batch: int | None = None
     samples_per_chunk: int | None = None
+    #: ELBO surgery (vae_lab.decompositions): z per image for each estimator; 0 skips it.
+    surgery: SurgerySettings = field(default_factory=SurgerySettings)
+    #: The inference gaps (vae_lab.decompositions): n_images=0 skips them.
+    inference_gap: InferenceGapSettings = field(default_factory=InferenceGapSettings)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "surgery", settings_from(SurgerySettings, self.surgery, "surgery"))
+        object.__setattr__(self, "inference_gap", settings_from(InferenceGapSettings, self.inference_gap, "inference_gap"))
         if self.n_importance_samples < 1:
             raise ConfigError(
                 f"n_importance_samples={self.n_importance_samples} must be at least 1 (k, the samples of z "
@@ -78,6 +95,11 @@ class EvaluationSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1, or null.")
+        if self.n_test_images is not None and self.inference_gap.n_images > self.n_test_images:
+            raise ConfigError(
+                f"inference_gap.n_images={self.inference_gap.n_images} is more than the n_test_images={self.n_test_images} "
+                "evaluated; the gaps are measured on the first of those images: lower it, or raise n_test_images."
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> EvaluationSettings:
@@ -219,6 +241,9 @@ class EvaluationResult:
     images_per_batch: int
     samples_per_chunk: int
     seconds: float
+    surgery: SurgeryResult | None = None
+    inference_gap: InferenceGapResult | None = None
+    notes: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         """The summary.json metrics: ``test/nll_is`` (-log p(x), positive nats), ``test/bpd_is``,
@@ -233,15 +258,22 @@ class EvaluationResult:
         }
         if self.kl_per_dim is not None:
             metrics["test/kl_per_dim"] = self.kl_per_dim
+        for part in (self.surgery, self.inference_gap):
+            if part is not None:
+                metrics.update(part.metrics())
         return metrics
 
     def details(self) -> dict[str, Any]:
         """How the numbers were obtained (for summary.json's ``evaluation`` block)."""
         fields = asdict(self)
-        return {key: fields[key] for key in (
+        details = {key: fields[key] for key in (
             "n_importance_samples", "n_images", "seed", "active_unit_threshold", "unit_activity",
             "images_per_batch", "samples_per_chunk", "seconds",
         )}
+        for name, part in (("surgery", self.surgery), ("inference_gap", self.inference_gap)):
+            if part is not None:
+                details[name] = part.details()
+        return {**details, **({"notes": self.notes} if self.notes else {})}
 
     def table(self, extra_rows: Sequence[tuple[str, str]] = ()) -> str:
         """A short plain-text table of the figures (and of ``extra_rows``: (name, value))."""
@@ -258,6 +290,9 @@ class EvaluationResult:
             ("k, test images, seed", f"{self.n_importance_samples}, {self.n_images}, {self.seed}"),
             ("batch x chunk", f"{self.images_per_batch} images x {self.samples_per_chunk} samples"),
             ("time", f"{self.seconds:.1f} s"),
+            *(self.surgery.rows() if self.surgery is not None else []),
+            *(self.inference_gap.rows() if self.inference_gap is not None else []),
+            *(("note", note) for note in self.notes),
             *extra_rows,
         ]
         width = max(len(name) for name, _ in rows)
@@ -284,9 +319,11 @@ def evaluate(
     plan = plan_chunks(model, n_images, settings)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    totals = {"log_likelihood": 0.0, "elbo": 0.0}
+    totals = {"log_likelihood": 0.0, "elbo": 0.0, "kl": 0.0}
     kl_per_dim_total: torch.Tensor | None = None
     posterior_means = []
+    posteriors: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if settings.surgery.n_samples else None
+    notes: list[str] = []
     was_training = model.training
     model.eval()
     try:
@@ -296,12 +333,22 @@ def evaluate(
                 terms, means = importance_sampled_terms(model, x, k, plan.samples_per_chunk, generator)
                 totals["log_likelihood"] += float(terms.importance_weighted_bound().double().sum())
                 totals["elbo"] += float(terms.elbo.double().sum())
+                totals["kl"] += float(terms.kl.double().sum())
                 posterior_means.append(means.cpu())
+                if posteriors is not None:
+                    posteriors = collect_posterior(model, x, posteriors, notes)
                 if terms.kl_per_dim is not None:
                     batch_sum = terms.kl_per_dim.double().sum(0).cpu()
                     kl_per_dim_total = batch_sum if kl_per_dim_total is None else kl_per_dim_total + batch_sum
                 if progress is not None:
                     progress(min(n_images, start + plan.images_per_batch), n_images)
+            surgery = None if not posteriors else elbo_surgery(
+                *(torch.cat(part) for part in zip(*posteriors)), model.prior.log_prob, totals["kl"] / n_images,
+                settings.surgery.n_samples, generator,
+            )
+        gaps = None
+        if settings.inference_gap.n_images:
+            gaps = inference_gaps(model, images, settings.inference_gap, k, plan.samples_per_chunk, generator)
     finally:
         model.train(was_training)
     log_likelihood = totals["log_likelihood"] / n_images
@@ -324,7 +371,24 @@ def evaluate(
         images_per_batch=plan.images_per_batch,
         samples_per_chunk=plan.samples_per_chunk,
         seconds=round(time.perf_counter() - started, 2),
+        surgery=surgery,
+        inference_gap=gaps,
+        notes=notes,
     )
+
+
+def collect_posterior(
+    model: VAE, x: torch.Tensor, collected: list[tuple[torch.Tensor, torch.Tensor]], notes: list[str]
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Append the (mean, scale) of q(z|x) for ELBO surgery; None (and a note) for a posterior that is
+    not a diagonal Gaussian, whose aggregate this estimator does not cover."""
+    posterior = model.posterior(x)
+    base = diagonal_gaussian(posterior)
+    if base is None:
+        notes.append(f"ELBO surgery skipped: it {unsupported_family(posterior)}")
+        return None
+    collected.append((base.loc, base.scale))
+    return collected
 
 
 class ProgressPrinter(CountProgress):

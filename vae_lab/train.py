@@ -37,6 +37,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.checkpoint_integrity import CheckpointRecord
     from vae_lab.checkpoint_io import AtomicCheckpointIO
     from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
+    from vae_lab.collapse import save_heatmap
     from vae_lab.compilation import compile_networks
     from vae_lab.config_schema import validate_config
     from vae_lab.console import metrics_csv_logger, route_lightning_logs
@@ -161,6 +162,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         for name, grid in images.items():
             save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
         save_latent_pictures(model, datamodule, run_dir, wandb_logger)
+        save_heatmap(run_dir, wandb_logger, trainer.loggers)  # posterior collapse over training (vae_lab.collapse)
         if wandb_logger is not None:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)

@@ -5,12 +5,17 @@
 - ``training_curves.png``: val/elbo after each epoch of every job, one colour per setting;
 - ``kl_per_dim.png``: KL of each latent dimension, sorted largest first within each job, then
   averaged over seeds (dimension indices are not comparable between runs, their ranks are);
-- ``images.png``: every complete job's reconstructions and prior samples, one row per setting.
+- ``images.png``: every complete job's reconstructions and prior samples, one row per setting;
+- ``rate_distortion.png``: every complete job as a point (D, R) = (-test/reconstruction, test/kl)
+  (Alemi et al. 2018), one colour per setting, with the lines R + D = -ELBO = const;
+- ``kl_per_dim_heatmaps.png``: for every job, the KL of each latent dimension after each epoch
+  (posterior collapse over training, vae_lab.collapse), on one colour scale.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +220,93 @@ def image_grid(report: Report, path: Path, notes: list[str]) -> Path | None:
     return save(figure, path)
 
 
+def rate_distortion(report: Report, path: Path) -> Path | None:
+    """The rate-distortion plane (Alemi et al. 2018): each complete job at distortion
+    D = -E_q log p(x|z) (-test/reconstruction) and rate R = KL (test/kl), one colour per setting of
+    the swept axes; the dashed lines R + D = const are models of equal ELBO. A job with ELBO surgery
+    is annotated with its mutual information and marginal KL (the two parts of its rate)."""
+    points = [
+        (index, -float(job.metrics["test/reconstruction"]), float(job.metrics["test/kl"]), job)
+        for index, row in enumerate(report.rows)
+        for job in row.complete
+        if all(isinstance(job.metrics.get(name), (int, float)) for name in ("test/reconstruction", "test/kl"))
+    ]
+    if not points:
+        return None
+    plt = pyplot()
+    figure, panel = plt.subplots(figsize=(7, 5.5))
+    palette = colours(len(report.rows))
+    labelled: set[int] = set()
+    for index, distortion, rate, job in points:
+        label = None if index in labelled else report.rows[index].label()
+        labelled.add(index)
+        panel.scatter(
+            [distortion], [rate], s=45, color=palette[index], label=label, zorder=3, edgecolors="black", linewidths=0.4
+        )
+        text = f"-ELBO={distortion + rate:.1f}"
+        parts = [job.metrics.get(name) for name in ("test/mutual_information", "test/marginal_kl")]
+        if all(isinstance(part, (int, float)) for part in parts):  # ELBO surgery of the rate (its own test images)
+            text += f"\nI={parts[0]:.1f}, KL(q(z)||p)={parts[1]:.1f}"
+        panel.annotate(text, (distortion, rate), fontsize=7, xytext=(6, 2), textcoords="offset points")
+    if len(report.axes) == 1:  # one swept axis (a beta sweep): the frontier it traces, through the settings' means
+        by_row: dict[int, list[tuple[float, float]]] = {}
+        for index, distortion, rate, _ in points:
+            by_row.setdefault(index, []).append((distortion, rate))
+        means = [
+            (statistics.fmean(d for d, _ in values), statistics.fmean(r for _, r in values))
+            for _, values in sorted(by_row.items())
+        ]
+        panel.plot([d for d, _ in means], [r for _, r in means], "-", color="black", linewidth=0.8, alpha=0.5, zorder=2)
+    distortions, rates = [d for _, d, _, _ in points], [r for _, _, r, _ in points]
+    pad_d = 0.1 * (max(distortions) - min(distortions)) + 1.0
+    pad_r = 0.1 * (max(rates) - min(rates)) + 1.0
+    low_d, high_d = min(distortions) - pad_d, max(distortions) + pad_d
+    low_r, high_r = max(0.0, min(rates) - pad_r), max(rates) + pad_r
+    totals = [d + r for d, r in zip(distortions, rates)]
+    levels = sorted({round(t, 1) for t in (min(totals), max(totals))} | {round(t, 1) for t in totals[:8]})  # equal ELBO
+    for level in levels:
+        panel.plot([low_d, high_d], [level - low_d, level - high_d], "--", color="grey", linewidth=0.7, zorder=1)
+    panel.set_xlim(low_d, high_d)
+    panel.set_ylim(low_r, high_r)
+    panel.set_xlabel("distortion D = -E_q[log p(x|z)] (nats, -test/reconstruction)")
+    panel.set_ylabel("rate R = KL(q(z|x) || p(z)) (nats, test/kl)")
+    panel.set_title("rate-distortion plane (Alemi et al. 2018); dashed: R + D = -ELBO of a job")
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=8)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def collapse_heatmaps(report: Report, path: Path) -> Path | None:
+    """For every job with a KL per latent dimension in its metrics.csv, the heatmap of that KL against
+    the epoch (vae_lab.collapse), all on one colour scale, one panel per job."""
+    from vae_lab.collapse import draw_heatmap, kl_history
+
+    panels_data = []
+    for row in report.rows:
+        for job in row.jobs:
+            epochs, values = kl_history(job.directory / "metrics.csv")
+            if epochs:
+                status = "" if job.status == "complete" else f" ({job.status})"
+                panels_data.append((f"{row.label()}, seed {job.seed}{status}", epochs, values))
+    if not panels_data:
+        return None
+    plt = pyplot()
+    columns = min(3, len(panels_data))
+    rows_of_panels = -(-len(panels_data) // columns)
+    figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4.6 * columns, 3.6 * rows_of_panels), squeeze=False)
+    high = max(max(max(vector) for vector in values) for _, _, values in panels_data)
+    image = None
+    for panel, (title, epochs, values) in zip(panels.flat, panels_data):
+        image = draw_heatmap(panel, epochs, values, title)
+        image.set_clim(0.0, max(high, 1e-6))
+    for panel in list(panels.flat)[len(panels_data) :]:
+        panel.axis("off")
+    figure.colorbar(image, ax=list(panels.flat), label="KL(q(z_j|x) || p(z_j)) (nats, val)")
+    figure.suptitle("posterior collapse over training: KL of each latent dimension after each epoch")
+    return save(figure, path)
+
+
 def has_images(job: Job) -> bool:
     return all((job.directory / "images" / f"{name}.png").is_file() for name in ("reconstructions", "samples"))
 
@@ -238,6 +330,16 @@ def draw_all(report: Report, directory: Path) -> tuple[list[tuple[str, Path]], l
         plots.append((f"KL per latent dimension ({note})", drawn))
     else:
         notes.append(f"KL per latent dimension: {note}")
+    drawn = rate_distortion(report, directory / "rate_distortion.png")
+    if drawn:
+        plots.append(("Rate-distortion plane: every complete job at (D, R); dashed lines of equal ELBO", drawn))
+    else:
+        notes.append("rate-distortion plane: no complete job has test/reconstruction and test/kl")
+    drawn = collapse_heatmaps(report, directory / "kl_per_dim_heatmaps.png")
+    if drawn:
+        plots.append(("Posterior collapse over training: KL of each latent dimension per epoch, every job", drawn))
+    else:
+        notes.append("collapse heatmaps: no job has val/kl_per_dim in its metrics.csv")
     drawn = image_grid(report, directory / "images.png", notes)
     if drawn:
         plots.append(("Reconstructions and prior samples of every complete job", drawn))
