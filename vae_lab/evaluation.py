@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from vae_lab.errors import ConfigError
 from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
+from vae_lab.posteriors import has_closed_form_moments, latent_dtype
 
 #: Burda et al. (2016, sec. 5.2): unit u is active when Cov_x(E_q(z|x)[z_u]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -145,6 +146,11 @@ def plan_chunks(model: VAE, n_images: int, settings: EvaluationSettings) -> Chun
 def draw_latents(posterior: Distribution, n: int, generator: torch.Generator) -> torch.Tensor:
     """n samples z ~ q(z|x), shape [n, *batch_shape, latent_dim], drawn from ``generator`` (so an
     evaluation is repeatable without touching the global random state)."""
+    if isinstance(posterior, TransformedDistribution):  # a flow (vae_lab/posteriors): base noise, then each step
+        z = draw_latents(posterior.base_dist, n, generator)
+        for transform in posterior.transforms:
+            z = transform(z)  # each step keeps this pass, so log q(z|x) needs no inverse
+        return z
     base = posterior.base_dist if isinstance(posterior, Independent) else posterior
     if isinstance(base, Normal):
         noise = torch.randn(
@@ -163,14 +169,17 @@ def importance_sampled_terms(
     model: VAE, x: torch.Tensor, n_samples: int, samples_per_chunk: int, generator: torch.Generator
 ) -> tuple[ELBOTerms, torch.Tensor]:
     """The ELBO terms of ``n_samples`` z_i ~ q(z|x) per image, gathered chunk by chunk into
-    [k, B] tensors, and the posterior means E_q[z] [B, latent_dim].
+    [k, B] tensors, and the posterior means E_q[z] [B, latent_dim] (exact for a Gaussian q(z|x), else
+    the mean of the k draws).
 
     q(z|x) is computed once; each chunk decodes z of shape [S, B, latent_dim] in one call.
     ``terms.importance_weighted_bound()`` is then the estimate of log p(x) with one logsumexp over
     all k log-weights (Burda et al. 2016, eq. 8)."""
     posterior = model.posterior(x)
     batch = x.shape[0]
-    dtype = posterior.mean.dtype
+    dtype = latent_dtype(posterior)
+    exact_mean = has_closed_form_moments(posterior)
+    z_sum = 0.0
     log_likelihood, log_prior, log_posterior = (
         torch.empty(n_samples, batch, device=x.device, dtype=dtype) for _ in range(3)
     )
@@ -180,9 +189,12 @@ def importance_sampled_terms(
         log_likelihood[start:stop] = model.observation_model(z).log_prob(x)
         log_prior[start:stop] = model.prior.log_prob(z)
         log_posterior[start:stop] = posterior.log_prob(z)
+        if not exact_mean:
+            z_sum = z_sum + z.sum(0)
     # The total KL uses all k samples; a Monte Carlo KL per dimension (no closed form) uses the last chunk's.
     kl, kl_per_dim = model.kl_divergence(posterior, z, log_prior, log_posterior)
-    return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), posterior.mean
+    means = posterior.mean if exact_mean else z_sum / n_samples
+    return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), means
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, torch.Tensor]:
@@ -211,6 +223,9 @@ class EvaluationResult:
     images_per_batch: int
     samples_per_chunk: int
     seconds: float
+    #: Draws of z per image behind E_q[z] for the active units: 0 where q(z|x) has it in closed form
+    #: (Gaussian), else k, the importance samples (a flow posterior).
+    posterior_mean_samples: int = 0
 
     def metrics(self) -> dict[str, Any]:
         """The summary.json metrics: ``test/nll_is`` (-log p(x), positive nats), ``test/bpd_is``,
@@ -232,7 +247,7 @@ class EvaluationResult:
         fields = asdict(self)
         return {key: fields[key] for key in (
             "n_importance_samples", "n_images", "seed", "active_unit_threshold", "unit_activity",
-            "images_per_batch", "samples_per_chunk", "seconds",
+            "images_per_batch", "samples_per_chunk", "seconds", "posterior_mean_samples",
         )}
 
     def table(self, extra_rows: Sequence[tuple[str, str]] = ()) -> str:
@@ -245,7 +260,8 @@ class EvaluationResult:
             ("bits/dim, IS (test/bpd_is)", f"{self.bpd_importance_sampled:.4f}"),
             ("ELBO, same samples", f"{self.elbo:.3f} nats"),
             ("bits/dim, ELBO", f"{self.bpd_elbo:.4f}"),
-            (f"active units (Cov > {self.active_unit_threshold:g})", f"{self.active_units} / {self.latent_dim}"),
+            (f"active units (Cov > {self.active_unit_threshold:g})", f"{self.active_units} / {self.latent_dim}"
+             + (f" (E_q[z] from {self.posterior_mean_samples} samples)" if self.posterior_mean_samples else "")),
             ("KL per dimension", kl),
             ("k, test images, seed", f"{self.n_importance_samples}, {self.n_images}, {self.seed}"),
             ("batch x chunk", f"{self.images_per_batch} images x {self.samples_per_chunk} samples"),
@@ -316,6 +332,7 @@ def evaluate(
         images_per_batch=plan.images_per_batch,
         samples_per_chunk=plan.samples_per_chunk,
         seconds=round(time.perf_counter() - started, 2),
+        posterior_mean_samples=0 if model.posterior_family.is_gaussian else k,
     )
 
 
