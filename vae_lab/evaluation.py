@@ -28,7 +28,7 @@ from torch.distributions import Distribution, Independent, Normal, TransformedDi
 from vae_lab.errors import ConfigError
 from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
-from vae_lab.posteriors import has_closed_form_moments, latent_dtype
+from vae_lab.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 
 #: Burda et al. (2016, sec. 5.2): unit u is active when Cov_x(E_q(z|x)[z_u]) > 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -170,7 +170,7 @@ def importance_sampled_terms(
 ) -> tuple[ELBOTerms, torch.Tensor]:
     """The ELBO terms of ``n_samples`` z_i ~ q(z|x) per image, gathered chunk by chunk into
     [k, B] tensors, and the posterior means E_q[z] [B, latent_dim] (exact for a Gaussian q(z|x), else
-    the mean of the k draws).
+    the mean of the k draws, topped up to ``MOMENT_SAMPLES``).
 
     q(z|x) is computed once; each chunk decodes z of shape [S, B, latent_dim] in one call.
     ``terms.importance_weighted_bound()`` is then the estimate of log p(x) with one logsumexp over
@@ -193,7 +193,13 @@ def importance_sampled_terms(
             z_sum = z_sum + z.sum(0)
     # The total KL uses all k samples; a Monte Carlo KL per dimension (no closed form) uses the last chunk's.
     kl, kl_per_dim = model.kl_divergence(posterior, z, log_prior, log_posterior)
-    means = posterior.mean if exact_mean else z_sum / n_samples
+    if exact_mean:
+        means = posterior.mean
+    else:  # at least MOMENT_SAMPLES draws: the noise of the mean adds Var_q(z_u) / draws to the activity
+        extra = max(0, MOMENT_SAMPLES - n_samples)
+        if extra:
+            z_sum = z_sum + draw_latents(posterior, extra, generator).sum(0)
+        means = z_sum / (n_samples + extra)
     return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), means
 
 
@@ -224,7 +230,7 @@ class EvaluationResult:
     samples_per_chunk: int
     seconds: float
     #: Draws of z per image behind E_q[z] for the active units: 0 where q(z|x) has it in closed form
-    #: (Gaussian), else k, the importance samples (a flow posterior).
+    #: (Gaussian), else max(k, MOMENT_SAMPLES): the importance samples, topped up (a flow posterior).
     posterior_mean_samples: int = 0
 
     def metrics(self) -> dict[str, Any]:
@@ -252,7 +258,7 @@ class EvaluationResult:
 
     def table(self, extra_rows: Sequence[tuple[str, str]] = ()) -> str:
         """A short plain-text table of the figures (and of ``extra_rows``: (name, value))."""
-        kl = "n/a (the prior's KL does not split by dimension)"
+        kl = "n/a (q(z|x) or p(z) does not factorize)"
         if self.kl_per_dim is not None:
             kl = f"sum {sum(self.kl_per_dim):.2f}, max {max(self.kl_per_dim):.2f} nats over {self.latent_dim} dims"
         rows = [
@@ -332,7 +338,7 @@ def evaluate(
         images_per_batch=plan.images_per_batch,
         samples_per_chunk=plan.samples_per_chunk,
         seconds=round(time.perf_counter() - started, 2),
-        posterior_mean_samples=0 if model.posterior_family.is_gaussian else k,
+        posterior_mean_samples=0 if model.posterior_family.is_gaussian else max(k, MOMENT_SAMPLES),
     )
 
 

@@ -64,11 +64,16 @@ class VAE(L.LightningModule):
         self.seed = seed
         self.data_form: DataForm = likelihood.data_form
         self.train_means = EpochMeans()  # the train/ metrics, logged once per epoch
+        if objective.kl == "analytic" and prior.distribution() is None:
+            raise ConfigError(
+                f"objective.kl=analytic needs a prior with a closed-form KL against the Gaussian posterior, "
+                f"and {type(prior).__name__} has none. Use objective.kl=mc (or auto), or prior=standard."
+            )
         if objective.kl == "analytic" and not self.has_analytic_kl:
             raise ConfigError(
-                f"objective.kl=analytic needs a closed-form KL between q(z|x) and p(z), and "
-                f"{type(self.posterior_family).__name__} against {type(prior).__name__} has none. Use objective.kl=mc "
-                "(or auto), or posterior=diagonal|full_covariance with prior=standard."
+                f"objective.kl=analytic needs a Gaussian posterior (a closed-form KL), and "
+                f"{type(self.posterior_family).__name__} is a flow. Use objective.kl=mc (or auto), or "
+                "posterior=diagonal|full_covariance."
             )
         for problem in pairing_problems(type(self.posterior_family), type(prior), objective.needs_kl_per_dim):
             raise ConfigError(problem)
