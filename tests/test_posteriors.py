@@ -6,6 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +19,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, TransformedDistribution, kl_divergence
 
 from conftest import TINY, quiet_trainer, run_cli
+from test_resume import checkpoint_epoch, start_cli
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.config_schema import find_problems
 from vae_lab.data import ImageDataModule
@@ -323,16 +327,25 @@ def test_every_posterior_and_prior_pair_trains(
 
 
 # ---------------------------------------------------------------------- the CLI: evaluation and resume
-def test_a_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, tmp_path: Path) -> None:
-    """posterior=iaf through the real CLI: one epoch, then resume=true to a second one; the flow's
-    parameters travel in the checkpoint, and the end-of-training evaluation reports the importance-
-    sampled log-likelihood and the active units with E_q[z] from the stated 1000 draws."""
+def test_a_killed_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, tmp_path: Path) -> None:
+    """posterior=iaf through the real CLI, killed (SIGKILL) once the first epoch-end checkpoint is
+    written, then resume=true: the flow's parameters travel in the checkpoint, and the end-of-training
+    evaluation reports the importance-sampled log-likelihood and the active units with E_q[z] from the
+    stated 1000 draws."""
     run_dir = tmp_path / "run"
-    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
-    overrides += ["posterior=iaf", "posterior.n_flows=1", "threads=1", f"hydra.run.dir={run_dir}"]
-    first = run_cli("vae_lab.train", *overrides, "trainer.max_epochs=1", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_cli("vae_lab.train", *overrides, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs=", "data.train_subset="))]
+    overrides += [
+        "data.train_subset=5000", "trainer.max_epochs=2", "posterior=iaf", "posterior.n_flows=1", "threads=1",
+        f"hydra.run.dir={run_dir}",
+    ]
+    killed = start_cli(*overrides, cwd=tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while not last.is_file() and killed.poll() is None:  # the run's own progress: its first checkpoint
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL and checkpoint_epoch(last) == 0
+    resumed = run_cli("vae_lab.train", *overrides, "resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from"] == "checkpoints/last.ckpt"
@@ -341,5 +354,5 @@ def test_a_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, tmp_path
     assert math.isfinite(metrics["test/nll_is"]) and "test/kl_per_dim" not in metrics
     assert -metrics["test/nll_is"] >= metrics["test/elbo_k_samples"]  # L_k >= the ELBO of the same samples
     assert f"(E_q[z] from {MOMENT_SAMPLES} samples)" in resumed.stdout
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     assert any(key.startswith("encoder.family.steps.0.") for key in state)
