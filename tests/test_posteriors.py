@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, TransformedDistribution, kl_divergence
 
@@ -38,6 +39,7 @@ from vae_lab.posteriors import (
     PlanarPosterior,
 )
 from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
+from vae_lab.run_state import config_differences
 
 FAMILIES = {
     "diagonal": DiagonalPosterior,
@@ -356,3 +358,15 @@ def test_a_killed_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, t
     assert f"(E_q[z] from {MOMENT_SAMPLES} samples)" in resumed.stdout
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     assert any(key.startswith("encoder.family.steps.0.") for key in state)
+
+
+def test_a_run_from_before_the_posterior_group_still_resumes_as_diagonal() -> None:
+    """A config saved before ``posterior`` existed reads as posterior=diagonal (what it trained), so a
+    resume or an evaluation of such a run is not refused for a setting it never had; another family is."""
+    with initialize_config_module(config_module="vae_lab.conf", version_base="1.3"):
+        now = OmegaConf.to_container(compose(config_name="config"), resolve=True)
+        planar = OmegaConf.to_container(compose(config_name="config", overrides=["posterior=planar"]), resolve=True)
+    before = {key: value for key, value in now.items() if key != "posterior"}
+    assert config_differences(before, now) == []
+    changed = {line.split(":")[0] for line in config_differences(before, planar)}
+    assert changed == {"posterior._target_", "posterior.n_flows"}
