@@ -3,6 +3,7 @@ config groups fit together (train, evaluate and the tests all build through here
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import hydra.utils
@@ -14,6 +15,7 @@ from vae_lab.errors import VaeLabError
 from vae_lab.initialization import initialize_output_bias
 from vae_lab.likelihoods import Likelihood
 from vae_lab.module import VAE
+from vae_lab.posteriors import PosteriorFamily
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:
@@ -48,13 +50,21 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
+def build_posterior(cfg: DictConfig) -> Callable[..., PosteriorFamily] | None:
+    """The posterior family's constructor (the encoder calls it with its feature size and latent_dim);
+    None, the diagonal Gaussian, for a config from before the ``posterior`` group."""
+    return instantiate(cfg.posterior, _partial_=True) if cfg.get("posterior") else None
+
+
 def build_networks(cfg: DictConfig, image_shape: tuple[int, int, int]) -> tuple[Likelihood, Any, Any]:
     """(likelihood, encoder, decoder) for images of ``image_shape``: the decoder emits the
     likelihood's parameters for every pixel. (vae_lab.machine_checks builds them on the meta device
     to size a run before it starts.)"""
     latent_dim = cfg.model.latent_dim
     likelihood = build_likelihood(cfg, channels=image_shape[0])
-    encoder = instantiate(cfg.model.encoder, image_shape=image_shape, latent_dim=latent_dim)
+    encoder = instantiate(
+        cfg.model.encoder, image_shape=image_shape, latent_dim=latent_dim, posterior=build_posterior(cfg)
+    )
     decoder = instantiate(
         cfg.model.decoder,
         image_shape=image_shape,

@@ -192,6 +192,11 @@ RULES: dict[str, Rule] = {
     "prior.n_pseudo_inputs": at_least(1),
     "prior.n_layers": at_least(1),
     "prior.hidden_size": at_least(1),
+    # posterior
+    "posterior.n_flows": at_least(1),
+    "posterior.context_size": at_least(1),
+    "posterior.hidden_size": at_least(1),
+    "posterior.n_hidden_layers": at_least(1),
     # model
     "model.latent_dim": at_least(1),
     "model.*.hidden_sizes": each(at_least(1), non_empty=False),
@@ -261,7 +266,8 @@ SUPPLIED_BY_CODE: dict[str, set[str]] = {
     "data": {"data_form"},
     "likelihood": {"channels"},
     "prior": {"latent_dim", "encoder", "datamodule", "decoder", "likelihood"},
-    "model.encoder": {"image_shape", "latent_dim"},
+    "model.encoder": {"image_shape", "latent_dim", "posterior"},
+    "posterior": {"feature_size", "latent_dim"},
     "model.decoder": {"image_shape", "latent_dim", "out_channels"},
     "optimizer": {"params"},
     "lr_scheduler": {"optimizer"},
@@ -320,6 +326,8 @@ class RunSettings:
     trainer: Target
     logger: LoggerSettings
     optimizer: Target
+    #: The family of q(z|x) (vae_lab/posteriors); absent in configs from before the group: diagonal.
+    posterior: Target | None = None
     seed: int = 0
     threads: int | str | None = "auto"
     #: torch.compile the encoder and decoder: true (inductor), false, or a backend name.
@@ -624,8 +632,29 @@ def _objective_refusals(config: dict) -> list[Problem]:
     return []
 
 
+def _posterior_fits_prior(config: dict) -> list[Problem]:
+    """A posterior family the maths refuses with the prior (VampPrior x flow), with free bits
+    (vae_lab.posteriors.pairing_problems) or with a gradient estimator (estimator_problems), refused
+    before the data are loaded."""
+    sections = [config.get(name) for name in ("posterior", "prior")]
+    if not all(isinstance(section, dict) and "_target_" in section for section in sections):
+        return []
+    try:
+        family, prior = (import_object(section["_target_"]) for section in sections)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    from vae_lab.posteriors import estimator_problems, pairing_problems
+
+    objective = config.get("objective")
+    objective = objective if isinstance(objective, dict) else {}
+    problems = pairing_problems(family, prior, objective.get("free_bits") is not None)
+    reweights_score = str(objective.get("_target_", "")).endswith(".PIWAE")
+    problems += estimator_problems(family, str(objective.get("gradient", "reparameterization")), reweights_score)
+    return [Problem("posterior", sections[0]["_target_"], problem) for problem in problems]
+
+
 #: Checks across fields; each returns the problems it finds in the resolved config (a dict).
-CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data, _objective_refusals]
+CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data, _objective_refusals, _posterior_fits_prior]
 
 
 # ---------------------------------------------------------------------------------------- entry point

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from vae_lab.console import CountProgress
 from vae_lab.decompositions import (
@@ -40,6 +40,7 @@ from vae_lab.decompositions import (
 from vae_lab.errors import ConfigError
 from vae_lab.module import VAE, kl_per_dim_names
 from vae_lab.objectives import ELBOTerms
+from vae_lab.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,11 @@ def plan_chunks(model: VAE, n_images: int, settings: EvaluationSettings) -> Chun
 def draw_latents(posterior: Distribution, n: int, generator: torch.Generator) -> torch.Tensor:
     """n samples z ~ q(z|x), shape [n, *batch_shape, latent_dim], drawn from ``generator`` (so an
     evaluation is repeatable without touching the global random state)."""
+    if isinstance(posterior, TransformedDistribution):  # a flow (vae_lab/posteriors): base noise, then each step
+        z = draw_latents(posterior.base_dist, n, generator)
+        for transform in posterior.transforms:
+            z = transform(z)  # each step keeps this pass, so log q(z|x) needs no inverse
+        return z
     base = posterior.base_dist if isinstance(posterior, Independent) else posterior
     if isinstance(base, Normal):
         noise = torch.randn(
@@ -193,14 +199,17 @@ def importance_sampled_terms(
     model: VAE, x: torch.Tensor, n_samples: int, samples_per_chunk: int, generator: torch.Generator
 ) -> tuple[ELBOTerms, torch.Tensor]:
     """The ELBO terms of ``n_samples`` z_i ~ q(z|x) per image, gathered chunk by chunk into
-    [k, B] tensors, and the posterior means E_q[z] [B, latent_dim].
+    [k, B] tensors, and the posterior means E_q[z] [B, latent_dim] (exact for a Gaussian q(z|x), else
+    the mean of the k draws, topped up to ``MOMENT_SAMPLES``).
 
     q(z|x) is computed once; each chunk decodes z of shape [S, B, latent_dim] in one call.
     ``terms.importance_weighted_bound()`` is then the estimate of log p(x) with one logsumexp over
     all k log-weights (Burda et al. 2016, eq. 8)."""
     posterior = model.posterior(x)
     batch = x.shape[0]
-    dtype = posterior.mean.dtype
+    dtype = latent_dtype(posterior)
+    exact_mean = has_closed_form_moments(posterior)
+    z_sum = 0.0
     log_likelihood, log_prior, log_posterior = (
         torch.empty(n_samples, batch, device=x.device, dtype=dtype) for _ in range(3)
     )
@@ -210,9 +219,18 @@ def importance_sampled_terms(
         log_likelihood[start:stop] = model.observation_model(z).log_prob(x)
         log_prior[start:stop] = model.prior.log_prob(z)
         log_posterior[start:stop] = posterior.log_prob(z)
+        if not exact_mean:
+            z_sum = z_sum + z.sum(0)
     # The total KL uses all k samples; a Monte Carlo KL per dimension (no closed form) uses the last chunk's.
     kl, kl_per_dim = model.kl_divergence(posterior, z, log_prior, log_posterior)
-    return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), posterior.mean
+    if exact_mean:
+        means = posterior.mean
+    else:  # at least MOMENT_SAMPLES draws: the noise of the mean adds Var_q(z_u) / draws to the activity
+        extra = max(0, MOMENT_SAMPLES - n_samples)
+        if extra:
+            z_sum = z_sum + draw_latents(posterior, extra, generator).sum(0)
+        means = z_sum / (n_samples + extra)
+    return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim), means
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, torch.Tensor]:
@@ -244,6 +262,9 @@ class EvaluationResult:
     surgery: SurgeryResult | None = None
     inference_gap: InferenceGapResult | None = None
     notes: list[str] = field(default_factory=list)
+    #: Draws of z per image behind E_q[z] for the active units: 0 where q(z|x) has it in closed form
+    #: (Gaussian), else max(k, MOMENT_SAMPLES): the importance samples, topped up (a flow posterior).
+    posterior_mean_samples: int = 0
 
     def metrics(self) -> dict[str, Any]:
         """The summary.json metrics: ``test/nll_is`` (-log p(x), positive nats), ``test/bpd_is``,
@@ -268,7 +289,7 @@ class EvaluationResult:
         fields = asdict(self)
         details = {key: fields[key] for key in (
             "n_importance_samples", "n_images", "seed", "active_unit_threshold", "unit_activity",
-            "images_per_batch", "samples_per_chunk", "seconds",
+            "images_per_batch", "samples_per_chunk", "seconds", "posterior_mean_samples",
         )}
         for name, part in (("surgery", self.surgery), ("inference_gap", self.inference_gap)):
             if part is not None:
@@ -277,7 +298,7 @@ class EvaluationResult:
 
     def table(self, extra_rows: Sequence[tuple[str, str]] = ()) -> str:
         """A short plain-text table of the figures (and of ``extra_rows``: (name, value))."""
-        kl = "n/a (the prior's KL does not split by dimension)"
+        kl = "n/a (q(z|x) or p(z) does not factorize)"
         if self.kl_per_dim is not None:
             kl = f"sum {sum(self.kl_per_dim):.2f}, max {max(self.kl_per_dim):.2f} nats over {self.latent_dim} dims"
         rows = [
@@ -285,7 +306,8 @@ class EvaluationResult:
             ("bits/dim, IS (test/bpd_is)", f"{self.bpd_importance_sampled:.4f}"),
             ("ELBO, same samples", f"{self.elbo:.3f} nats"),
             ("bits/dim, ELBO", f"{self.bpd_elbo:.4f}"),
-            (f"active units (Cov > {self.active_unit_threshold:g})", f"{self.active_units} / {self.latent_dim}"),
+            (f"active units (Cov > {self.active_unit_threshold:g})", f"{self.active_units} / {self.latent_dim}"
+             + (f" (E_q[z] from {self.posterior_mean_samples} samples)" if self.posterior_mean_samples else "")),
             ("KL per dimension", kl),
             ("k, test images, seed", f"{self.n_importance_samples}, {self.n_images}, {self.seed}"),
             ("batch x chunk", f"{self.images_per_batch} images x {self.samples_per_chunk} samples"),
@@ -374,6 +396,7 @@ def evaluate(
         surgery=surgery,
         inference_gap=gaps,
         notes=notes,
+        posterior_mean_samples=0 if model.posterior_family.is_gaussian else max(k, MOMENT_SAMPLES),
     )
 
 

@@ -25,6 +25,7 @@ import torch
 
 from vae_lab.files import write_json_atomically
 from vae_lab.images import save_labelled_grid
+from vae_lab.posteriors import posterior_mean, posterior_moments
 
 #: How many latent dimensions a traversal shows, and how many values each one takes.
 TRAVERSAL_DIMENSIONS = 10
@@ -71,13 +72,9 @@ def kl_per_latent_dimension(model: Any, images: torch.Tensor) -> tuple[torch.Ten
     terms = model.elbo_terms(images, n_samples=1)
     if terms.kl_per_dim is not None:
         return terms.kl_per_dim.mean(0), "analytic KL(q(z_j|x) || p(z_j))"
-    posterior = model.posterior(images).base_dist
+    mean, std, _ = posterior_moments(model.posterior(images))  # of each marginal q(z_j|x)
     prior_mean, prior_std, how = prior_marginals(model.prior)
-    kl = (
-        torch.log(prior_std / posterior.stddev)
-        + (posterior.variance + (posterior.mean - prior_mean) ** 2) / (2 * prior_std**2)
-        - 0.5
-    )
+    kl = torch.log(prior_std / std) + (std**2 + (mean - prior_mean) ** 2) / (2 * prior_std**2) - 0.5
     return kl.mean(0), f"KL against a Gaussian with the moments of p(z_j) ({how})"
 
 
@@ -86,7 +83,7 @@ def latent_traversal(model: Any, image: torch.Tensor, dimensions: list[int]) -> 
     """Decoded traversals of ``dimensions`` around the posterior mean of one image ``[C, H, W]``:
     images ``[len(dimensions) * (1 + TRAVERSAL_STEPS), C, H, W]`` (row = dimension, starting with the
     original image) and the offsets t."""
-    mean = model.posterior(image.unsqueeze(0)).mean[0]
+    mean = posterior_mean(model.posterior(image.unsqueeze(0)))[0]
     _, prior_std, _ = prior_marginals(model.prior)
     offsets = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS, device=mean.device)
     codes = mean.repeat(len(dimensions), TRAVERSAL_STEPS, 1)  # [rows, steps, latent_dim]
@@ -101,7 +98,7 @@ def latent_traversal(model: Any, image: torch.Tensor, dimensions: list[int]) -> 
 def latent_interpolation(model: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Rows of [x_a, decode((1-t) mu(x_a) + t mu(x_b)) for INTERPOLATION_STEPS t in [0, 1], x_b] for
     pairs of images ``first[i]``, ``second[i]``: shape ``[pairs * (INTERPOLATION_STEPS + 2), C, H, W]``."""
-    start, end = model.posterior(first).mean, model.posterior(second).mean  # [pairs, latent_dim]
+    start, end = posterior_mean(model.posterior(first)), posterior_mean(model.posterior(second))  # [pairs, latent_dim]
     weights = torch.linspace(0.0, 1.0, INTERPOLATION_STEPS, device=start.device)[None, :, None]
     codes = (1 - weights) * start[:, None] + weights * end[:, None]  # [pairs, steps, latent_dim]
     decoded = decode(model, codes.flatten(0, 1)).unflatten(0, codes.shape[:2])

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from vae_lab.data_forms import DataForm
 from vae_lab.epoch_means import EpochMeans
@@ -16,10 +16,13 @@ from vae_lab.errors import ConfigError
 from vae_lab.likelihoods import Likelihood
 from vae_lab.objectives import ELBOTerms, Objective
 from vae_lab.objectives.estimators import sample
+from vae_lab.posteriors import DiagonalPosterior, PosteriorFamily, pairing_problems, posterior_mean
 from vae_lab.priors import Prior
 from vae_lab.seeds import epoch_seed
 
 METRICS = ("elbo", "reconstruction", "kl", "bpd")
+#: The family of an encoder that names none: today's diagonal Gaussian head.
+DIAGONAL = DiagonalPosterior(feature_size=0, latent_dim=0)
 
 
 def kl_per_dim_names(stage: str, n_dims: int) -> list[str]:
@@ -62,11 +65,19 @@ class VAE(L.LightningModule):
         self.seed = seed
         self.data_form: DataForm = likelihood.data_form
         self.train_means = EpochMeans()  # the train/ metrics, logged once per epoch
-        if objective.kl == "analytic" and not self.has_analytic_kl:
+        if objective.kl == "analytic" and prior.distribution() is None:
             raise ConfigError(
                 f"objective.kl=analytic needs a prior with a closed-form KL against the Gaussian posterior, "
                 f"and {type(prior).__name__} has none. Use objective.kl=mc (or auto), or prior=standard."
             )
+        if objective.kl == "analytic" and not self.has_analytic_kl:
+            raise ConfigError(
+                f"objective.kl=analytic needs a Gaussian posterior (a closed-form KL), and "
+                f"{type(self.posterior_family).__name__} is a flow. Use objective.kl=mc (or auto), or "
+                "posterior=diagonal|full_covariance."
+            )
+        for problem in pairing_problems(type(self.posterior_family), type(prior), objective.needs_kl_per_dim):
+            raise ConfigError(problem)
         if objective.needs_kl_per_dim and not prior.is_factorized:
             # Free bits clamp the KL of each latent dimension; a mixture or flow prior couples the
             # dimensions, so their KL does not split into per-dimension terms.
@@ -86,14 +97,25 @@ class VAE(L.LightningModule):
 
     # ------------------------------------------------------------------ the model
     @property
+    def posterior_family(self) -> PosteriorFamily:
+        """The family of q(z|x) the encoder builds (diagonal Gaussian for an encoder without one)."""
+        family = getattr(self.encoder, "family", None)
+        return DIAGONAL if family is None else family
+
+    @property
     def has_analytic_kl(self) -> bool:
-        return self.prior.distribution() is not None
+        return self.posterior_family.has_closed_form_kl and self.prior.distribution() is not None
+
+    @property
+    def kl_splits_by_dim(self) -> bool:
+        """KL(q || p) = sum_j KL(q(z_j|x) || p(z_j)): both q(z|x) and p(z) factorize."""
+        return self.posterior_family.is_factorized and self.prior.is_factorized
 
     @property
     def use_analytic_kl(self) -> bool:
         return self.objective.kl != "mc" and self.has_analytic_kl
 
-    def posterior(self, x: torch.Tensor) -> Independent:
+    def posterior(self, x: torch.Tensor) -> Distribution:
         """q(z|x), from images in the served form."""
         return self.encoder(self.data_form.to_unit_interval(x))
 
@@ -112,21 +134,22 @@ class VAE(L.LightningModule):
         return ELBOTerms(log_likelihood, log_prior, log_posterior, kl, kl_per_dim, z, posterior, self.use_analytic_kl)
 
     def kl_divergence(
-        self, posterior: Independent, z: torch.Tensor, log_prior: torch.Tensor, log_posterior: torch.Tensor
+        self, posterior: Distribution, z: torch.Tensor, log_prior: torch.Tensor, log_posterior: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """KL(q(z|x) || p(z)): (total [B], per latent dimension [B, Dz] or None).
 
-        Analytic (Kingma & Welling 2014, appendix B) when the prior has a registered closed form and
-        ``objective.kl`` allows it; otherwise the Monte Carlo estimate mean_l[log q(z_l|x) - log p(z_l)]
-        over the samples z [L, B, Dz], split per dimension when the prior factorizes.
+        Analytic (Kingma & Welling 2014, appendix B; a full covariance through torch's registered
+        closed form) when the posterior family and the prior have one and ``objective.kl`` allows it;
+        otherwise the Monte Carlo estimate mean_l[log q(z_l|x) - log p(z_l)] over the samples z
+        [L, B, Dz]. Split per dimension only when both q(z|x) and p(z) factorize.
         """
         if self.use_analytic_kl:
             prior = self.prior.distribution()
-            if self.prior.is_factorized:
+            if self.kl_splits_by_dim:
                 per_dim = kl_divergence(posterior.base_dist, prior.base_dist)
                 return per_dim.sum(-1), per_dim
             return kl_divergence(posterior, prior), None
-        prior_per_dim = self.prior.log_prob_per_dim(z)
+        prior_per_dim = self.prior.log_prob_per_dim(z) if self.kl_splits_by_dim else None
         per_dim = None if prior_per_dim is None else (posterior.base_dist.log_prob(z) - prior_per_dim).mean(0)
         return (log_posterior - log_prior).mean(0), per_dim
 
@@ -139,7 +162,7 @@ class VAE(L.LightningModule):
         with z = mu(x) + sigma(x) * eps, eps ~ N(0, I), L = objective.n_samples samples per image
         (a plain draw, with no path to q's parameters, for objective.gradient=score_function).
         """
-        posterior = self.posterior(x)  # q(z|x) = N(mu(x), diag sigma^2(x))
+        posterior = self.posterior(x)  # q(z|x), by default N(mu(x), diag sigma^2(x)); vae_lab/posteriors
         z = sample(posterior, self.objective.n_samples, self.objective.gradient)  # reparameterized, [L, B, latent_dim]
         log_likelihood = self.observation_model(z).log_prob(x)  # log p(x|z), summed over pixels: [L, B]
         log_prior, log_posterior = self.prior.log_prob(z), posterior.log_prob(z)  # [L, B] each
@@ -217,8 +240,8 @@ class VAE(L.LightningModule):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x|z] at z = the posterior mean, on the [0, 1] scale."""
-        return self.likelihood.mean_image(self.observation_model(self.posterior(x).mean))
+        """E[x|z] at z = the posterior mean (a sample mean where q(z|x) has no closed form), on the [0, 1] scale."""
+        return self.likelihood.mean_image(self.observation_model(posterior_mean(self.posterior(x))))
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:

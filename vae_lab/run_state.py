@@ -93,12 +93,17 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+#: Config keys added after runs were made, with the value that reproduces what an older config did:
+#: a config without them reads as having these values.
+ADDED_WITH_DEFAULTS = {"posterior._target_": "vae_lab.posteriors.DiagonalPosterior"}
+
+
 def config_differences(
     before: dict[str, Any], now: dict[str, Any], may_change: tuple[str, ...] = MAY_CHANGE_ON_RESUME
 ) -> list[str]:
     """``key: before -> now`` for every resolved config value that differs, except the keys in
     ``may_change`` (and below them; by default the keys a resumed run may change)."""
-    old, new = _flatten(before), _flatten(now)
+    old, new = {**ADDED_WITH_DEFAULTS, **_flatten(before)}, {**ADDED_WITH_DEFAULTS, **_flatten(now)}
     changed = []
     for key in sorted(set(old) | set(new)):
         if any(key == allowed or key.startswith(allowed + ".") for allowed in may_change):

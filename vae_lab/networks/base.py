@@ -1,12 +1,16 @@
-"""What all encoders share: a feature network followed by a diagonal-Gaussian head."""
+"""What all encoders share: a feature network followed by a diagonal-Gaussian head, which the
+posterior family (vae_lab/posteriors) turns into q(z|x)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Distribution
 
 from vae_lab.errors import ConfigError
+from vae_lab.posteriors import DiagonalPosterior, PosteriorFamily
 from vae_lab.precision import at_least_float32
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,7 +35,8 @@ LOG_VARIANCE_BOUND = 20.0
 
 
 class GaussianEncoder(nn.Module):
-    """q(z|x) = N(z; mu(x), diag sigma^2(x)) (Kingma & Welling 2014, eq. 9).
+    """q(z|x) = N(z; mu(x), diag sigma^2(x)) (Kingma & Welling 2014, eq. 9), or the richer family
+    ``posterior`` builds on that base from the features (``posterior=`` config group).
 
     The head outputs the mean and the log-variance; sigma = exp(log_variance / 2), the
     "exp variances" of Burda et al. (2016, section 5.1).
@@ -46,17 +51,25 @@ class GaussianEncoder(nn.Module):
     diffusion autoencoder (Rombach et al. 2022, code: logvar clamped to [-30, 20]).
     """
 
-    def __init__(self, features: nn.Module, feature_size: int, latent_dim: int) -> None:
+    def __init__(
+        self,
+        features: nn.Module,
+        feature_size: int,
+        latent_dim: int,
+        posterior: Callable[..., PosteriorFamily] | None = None,
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.features = features
         self.mean = nn.Linear(feature_size, latent_dim)
         self.log_variance = nn.Linear(feature_size, latent_dim)
+        # Built last, so that the layers above draw the same initial values with every family.
+        self.family = (posterior or DiagonalPosterior)(feature_size=feature_size, latent_dim=latent_dim)
 
-    def forward(self, x: torch.Tensor) -> Independent:
+    def forward(self, x: torch.Tensor) -> Distribution:
         """x: images on the [0, 1] scale, ``[B, C, H, W]``; returns q(z|x) with event shape (latent_dim,)."""
         h = self.features(x)
         # float32 even under mixed precision: log q(z|x) and the KL are sums over latent dimensions.
         log_variance = LOG_VARIANCE_BOUND * torch.tanh(at_least_float32(self.log_variance(h)) / LOG_VARIANCE_BOUND)
         scale = torch.exp(0.5 * log_variance)
-        return Independent(Normal(at_least_float32(self.mean(h)), scale, validate_args=False), 1)
+        return self.family(h, at_least_float32(self.mean(h)), scale)

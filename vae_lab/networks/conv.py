@@ -3,13 +3,14 @@ side, so the side must be divisible by 2 ** len(channels)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from vae_lab.errors import ConfigError
 from vae_lab.networks.base import GaussianEncoder, make_activation
+from vae_lab.posteriors import PosteriorFamily
 
 
 def _reduced_side(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int]:
@@ -31,13 +32,14 @@ class ConvEncoder(GaussianEncoder):
         channels: Sequence[int] = (32, 64),
         hidden_size: int = 256,
         activation: str = "relu",
+        posterior: Callable[..., PosteriorFamily] | None = None,
     ) -> None:
         height, width = _reduced_side(image_shape, channels)
         layers: list[nn.Module] = []
         for channels_in, channels_out in zip([image_shape[0], *channels[:-1]], channels):
             layers += [nn.Conv2d(channels_in, channels_out, 4, stride=2, padding=1), make_activation(activation)]
         layers += [nn.Flatten(), nn.Linear(channels[-1] * height * width, hidden_size), make_activation(activation)]
-        super().__init__(nn.Sequential(*layers), hidden_size, latent_dim)
+        super().__init__(nn.Sequential(*layers), hidden_size, latent_dim, posterior)
 
 
 class ConvDecoder(nn.Module):

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from vae_lab.networks.base import GaussianEncoder
 from vae_lab.networks.mlp import DenseDecoder
+from vae_lab.posteriors import PosteriorFamily
 
 
 class GatedLinear(nn.Module):
@@ -30,9 +31,15 @@ def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class GatedMLPEncoder(GaussianEncoder):
-    def __init__(self, image_shape: Sequence[int], latent_dim: int, hidden_sizes: Sequence[int] = (300, 300)) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        hidden_sizes: Sequence[int] = (300, 300),
+        posterior: Callable[..., PosteriorFamily] | None = None,
+    ) -> None:
         sizes = [math.prod(image_shape), *hidden_sizes]
-        super().__init__(nn.Sequential(nn.Flatten(), gated_mlp(sizes)), sizes[-1], latent_dim)
+        super().__init__(nn.Sequential(nn.Flatten(), gated_mlp(sizes)), sizes[-1], latent_dim, posterior)
 
 
 class GatedMLPDecoder(DenseDecoder):

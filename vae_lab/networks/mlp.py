@@ -4,12 +4,13 @@ architecture of Burda et al. (2016, section 5.1)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from vae_lab.networks.base import GaussianEncoder, make_activation
+from vae_lab.posteriors import PosteriorFamily
 
 
 def mlp(sizes: Sequence[int], activation_name: str) -> nn.Sequential:
@@ -27,9 +28,10 @@ class MLPEncoder(GaussianEncoder):
         latent_dim: int,
         hidden_sizes: Sequence[int] = (200, 200),
         activation: str = "tanh",
+        posterior: Callable[..., PosteriorFamily] | None = None,
     ) -> None:
         sizes = [math.prod(image_shape), *hidden_sizes]
-        super().__init__(nn.Sequential(nn.Flatten(), mlp(sizes, activation)), sizes[-1], latent_dim)
+        super().__init__(nn.Sequential(nn.Flatten(), mlp(sizes, activation)), sizes[-1], latent_dim, posterior)
 
 
 class DenseDecoder(nn.Module):

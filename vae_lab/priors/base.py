@@ -19,6 +19,9 @@ class Prior(nn.Module, abc.ABC):
     ones it needs and ignores the rest through ``**context``.
     """
 
+    #: log p(z) evaluates the posterior q(z|.) at arbitrary z (the VampPrior): a flow posterior is refused.
+    evaluates_posterior_anywhere: bool = False
+
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim

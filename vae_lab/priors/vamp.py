@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, MixtureSameFamily
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from vae_lab.errors import ConfigError
 from vae_lab.priors.base import Prior, diagonal_gaussian_mixture_log_prob
@@ -31,8 +31,11 @@ class VampPrior(Prior):
     every pixel at N(random_mean, random_std^2), the initialisation of the paper's code.
 
     Sampling picks k uniformly and then draws z ~ q(z | u_k). There is no closed-form KL between
-    the Gaussian posterior and this mixture (Monte Carlo KL), and it does not factorize.
+    the Gaussian posterior and this mixture (Monte Carlo KL), and it does not factorize. It needs
+    q(z|u_k) at arbitrary z, so a flow posterior (planar, IAF) is refused (vae_lab/config_schema.py).
     """
+
+    evaluates_posterior_anywhere = True
 
     def __init__(
         self,
@@ -82,9 +85,11 @@ class VampPrior(Prior):
         """u_1..u_K, shape ``[K, C, H, W]``, in (0, 1)."""
         return torch.sigmoid(self.pseudo_input_logits)
 
-    def mixture(self) -> MixtureSameFamily:
-        """1/K sum_k q(z | u_k) as a ``torch.distributions`` mixture with event shape (latent_dim,)."""
-        components = self.encoder(self.pseudo_inputs())  # q(z | u_k): batch shape [K], event (latent_dim,)
+    def mixture(self, components: Distribution | None = None) -> MixtureSameFamily:
+        """1/K sum_k q(z | u_k) as a ``torch.distributions`` mixture with event shape (latent_dim,);
+        ``components``: the encoder's q(z | u_k), when already computed."""
+        if components is None:
+            components = self.encoder(self.pseudo_inputs())  # q(z | u_k): batch shape [K], event (latent_dim,)
         uniform = Categorical(logits=self.log_weights(), validate_args=False)
         return MixtureSameFamily(uniform, components, validate_args=False)
 
@@ -96,7 +101,11 @@ class VampPrior(Prior):
         return torch.full((self.n_pseudo_inputs,), value, dtype=like.dtype, device=like.device)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        posteriors = self.encoder(self.pseudo_inputs()).base_dist  # q(z | u_k): [K, latent_dim]
+        components = self.encoder(self.pseudo_inputs())  # q(z | u_k): batch shape [K]
+        if not (isinstance(components, Independent) and isinstance(components.base_dist, Normal)):
+            # A full-covariance posterior (vae_lab/posteriors): torch's mixture, [..., K, latent_dim] in memory.
+            return self.mixture(components).log_prob(z)
+        posteriors = components.base_dist  # [K, latent_dim]
         return diagonal_gaussian_mixture_log_prob(z, posteriors.loc, posteriors.scale, self.log_weights())
 
     @torch.no_grad()
