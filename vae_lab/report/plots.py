@@ -285,6 +285,8 @@ def collapse_heatmaps(report: Report, path: Path) -> Path | None:
     panels_data = []
     for row in report.rows:
         for job in row.jobs:
+            if job.unreadable:  # listed as unreadable by the report; its files are not read again
+                continue
             epochs, values = kl_history(job.directory / "metrics.csv")
             if epochs:
                 status = "" if job.status == "complete" else f" ({job.status})"
