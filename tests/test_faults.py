@@ -472,7 +472,7 @@ def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root:
         ({"WANDB_API_KEY": "bad", "WANDB_BASE_URL": "http://127.0.0.1:9"},
          "AuthenticationError: WANDB_API_KEY invalid: API key must have 40+ characters, has 3."),
         ({"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "WANDB_BASE_URL": "not-a-url"},
-         "invalid wandb setting: base_url='not-a-url': Input should be a valid URL"),
+         "invalid wandb setting base_url: Input should be a valid URL"),
     ],
     ids=["bad-key", "bad-base-url"],
 )

@@ -86,18 +86,20 @@ class FailSafeWandbLogger(WandbLogger):
 
 
 def describe_error(error: BaseException) -> str:
-    """One readable line for a wandb error: its type and first line, or for an invalid wandb setting
-    (a pydantic ValidationError, whose first line is only "1 validation error for Settings") the
-    settings at fault, what is wrong with each and where such settings come from."""
-    errors = getattr(error, "errors", None)
-    if type(error).__name__ == "ValidationError" and callable(errors):
+    """One readable line for a wandb error: its type and first line; for an invalid wandb setting (a
+    pydantic ValidationError, whose first line is only "1 validation error for Settings"), each
+    setting at fault with what is wrong with it (never its value, which may be a key), and where
+    such settings come from."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # wandb without pydantic: no such errors
+        ValidationError = ()
+    if isinstance(error, ValidationError):
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem.get('loc', ())) or 'settings'}={problem.get('input')!r}: "
-            f"{problem.get('msg', '')}"
-            for problem in errors()
+            f"{'.'.join(str(part) for part in problem['loc']) or 'settings'}: {problem['msg']}" for problem in error.errors()
         )
         return (
-            f"invalid wandb setting: {problems} (wandb reads its settings from the WANDB_* environment variables, "
+            f"invalid wandb setting {problems} (wandb reads its settings from the WANDB_* environment variables, "
             "e.g. WANDB_BASE_URL, and from logger.wandb)"
         )
     text = str(error).strip()
