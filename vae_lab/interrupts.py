@@ -19,8 +19,8 @@ draws from a stream seeded by (seed, stage) (vae_lab.seeds.seed_stage) and the e
 own generator, so a run stopped there, or killed there, resumes from its last checkpoint, runs only
 these stages again and ends with the uninterrupted run's numbers.
 
-Outside these regions (start-up, and after the summary is written) vae_lab.early_signals stops at
-once with one line. ``VAE_LAB_PAUSE_AT`` makes the run wait at one of these safe points, for tests
+Outside this region (start-up; and once the images are saved, the last wandb calls and the summary,
+where a resumed run would only redo the final stages) vae_lab.early_signals stops at once with one line. ``VAE_LAB_PAUSE_AT`` makes the run wait at one of these safe points, for tests
 (vae_lab.pause_points).
 """
 
