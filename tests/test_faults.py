@@ -6,8 +6,16 @@
 - an output dir that cannot be written: a read-only tmpfs mount (root ignores permission bits, not
   a read-only file system) and a regular file where a directory must go;
 - an unreachable wandb host, and the wandb service killed mid-run;
+- an invalid wandb key or setting, recorded in words a person can act on;
 - SIGTERM mid-epoch, then resume=true, giving the same final metrics as an uninterrupted run;
-  SIGINT finishing the wandb run with the signal's exit code.
+  SIGINT finishing the wandb run with the signal's exit code;
+- SIGTERM, SIGKILL and SIGINT during the final validation, test and evaluation, then resume=true;
+- Ctrl-C (and SIGTERM) during start-up.
+
+Every signal is sent at a point of the run's own progress, never after a delay: the run is asked to
+wait at a named point (``VAE_LAB_PAUSE_AT``, vae_lab.pause_points), says so on stderr, and the test
+sends the signal when it reads that line. So the signal lands at the same step on any machine,
+however fast or busy.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from vae_lab.checkpoints import check_checkpoint, checkpoint_callbacks, load_che
 from vae_lab.errors import CheckpointError, ConfigError, NumericalError
 from vae_lab.files import check_writable_directory
 from vae_lab.finite_guard import NonFiniteGuard
+from vae_lab.pause_points import PAUSE_VARIABLE
 
 QUIET = ["+trainer.enable_progress_bar=false"]
 
@@ -456,71 +465,220 @@ def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root:
     assert {"train/elbo", "val/elbo"} <= set(metrics_csv_columns(run_dir))
 
 
-# ---------------------------------------------------------------------------------------- interrupts
-#: 3,000 training images in batches of 50: 60 steps per epoch, long enough to land a signal mid-epoch.
-LONGER = [*TINY, "data.train_subset=3000", "trainer.max_epochs=3", *QUIET]
-
-
-def start_run(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vae_lab.train", *LONGER, f"data.root={data_root}",
-               f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def signal_in_second_epoch(run: subprocess.Popen, run_dir: Path, signum: int) -> tuple[str, str]:
-    """Send ``signum`` shortly after the first epoch's checkpoint appears (so, mid-epoch 1)."""
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and run.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)
-    run.send_signal(signum)
-    return run.communicate(timeout=300)
-
-
-def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, data_root: Path) -> None:
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    reference = start_run(uninterrupted, data_root, "logger=csv")
-    stopped = start_run(interrupted, data_root, "logger=csv")
-    _, stderr = signal_in_second_epoch(stopped, interrupted, signal.SIGTERM)
-    assert reference.wait(timeout=600) == 0
-
-    assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "vae_lab: received SIGTERM; stopping at the next batch boundary" in stderr
-    line = next(line for line in stderr.splitlines() if line.startswith("vae_lab: error: interrupted by SIGTERM"))
-    step = int(line.split("step ")[1].split(".")[0])
-    assert line.startswith("vae_lab: error: interrupted by SIGTERM at epoch 1, step ")
-    assert 60 < step < 120, line  # mid-epoch 1 (epoch 1 runs steps 60..119)
-    assert f"{interrupted}/checkpoints/last.ckpt holds the end of the last completed epoch" in line
-    resume = f"python -m vae_lab.train {' '.join(LONGER)} data.root={data_root} logger=csv resume=true hydra.run.dir={interrupted}"
-    assert resume in stderr
-    summary = read_summary(interrupted)
-    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-    assert summary["resume_command"] == resume
-    assert check_checkpoint(interrupted / "checkpoints" / "last.ckpt")["global_step"] == 60
-
+# ---------------------------------------------------------------------------------------- wandb settings
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"WANDB_API_KEY": "bad", "WANDB_BASE_URL": "http://127.0.0.1:9"},
+         "AuthenticationError: WANDB_API_KEY invalid: API key must have 40+ characters, has 3."),
+        ({"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "WANDB_BASE_URL": "not-a-url"},
+         "invalid wandb setting base_url: Input should be a valid URL"),
+    ],
+    ids=["bad-key", "bad-base-url"],
+)
+def test_invalid_wandb_key_or_setting_is_recorded_in_words(
+    tmp_path: Path, data_root: Path, environment: dict[str, str], expected: str
+) -> None:
+    """Not pydantic's first line ("ValidationError: 1 validation error for Settings"), which names neither
+    the setting nor the problem."""
+    run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *LONGER, f"data.root={data_root}", "logger=csv", "resume=true",
-        f"hydra.run.dir={interrupted}", cwd=tmp_path,
+        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "logger.wandb.init_timeout=3", f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"WANDB_MODE": "online", **environment},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed, expected = read_summary(interrupted), read_summary(uninterrupted)
-    assert resumed["status"] == "complete" and resumed["global_steps"] == expected["global_steps"] == 180
+    wandb_status = read_summary(run_dir)["wandb"]
+    assert wandb_status["status"] == "failed" and wandb_status["during"] == "wandb.init"
+    assert wandb_status["error"].startswith(expected), wandb_status["error"]
+    assert f"vae_lab: wandb failed during wandb.init ({expected}" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- interrupts
+#: Two epochs of 10 steps, then the final validation, test and evaluation (k = 20 on 200 images, in
+#: batches of 16, so that it has batch boundaries to stop at).
+RUN = [*TINY, "trainer.max_epochs=2", "+eval.images_per_batch=16", *QUIET]
+
+
+def start_run(run_dir: Path, data_root: Path, *overrides: str, pause_at: str | None = None,
+              base: list[str] = RUN) -> subprocess.Popen:
+    """The CLI in a subprocess, stdout and stderr in one pipe; ``pause_at`` names the point where the
+    run waits for a signal (vae_lab.pause_points)."""
+    command = [sys.executable, "-m", "vae_lab.train", *base, f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+               *overrides]
+    env = {**os.environ, **({PAUSE_VARIABLE: pause_at} if pause_at else {})}
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+
+def signal_at(run: subprocess.Popen, line: str, signum: int) -> str:
+    """Read the run's output until a line starts with ``line``, send ``signum`` at that moment, and
+    return all its output once it has ended."""
+    seen = []
+    for printed in run.stdout:
+        seen.append(printed)
+        if printed.startswith(line):
+            break
+    else:
+        run.wait()
+        pytest.fail(f"the run ended (status {run.returncode}) without printing {line!r}:\n{''.join(seen)[-3000:]}")
+    run.send_signal(signum)
+    rest, _ = run.communicate(timeout=600)
+    return "".join(seen) + rest
+
+
+def signal_at_point(run: subprocess.Popen, point: str, signum: int) -> str:
+    return signal_at(run, f"vae_lab: paused at {point} ({PAUSE_VARIABLE})", signum)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """The run the interrupted ones must end up equal to."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run = start_run(run_dir, data_root)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    return run_dir
+
+
+def resume(run_dir: Path, data_root: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli("vae_lab.train", *RUN, f"data.root={data_root}", "resume=true", f"hydra.run.dir={run_dir}", cwd=cwd)
+
+
+def assert_same_result(run_dir: Path, expected_dir: Path) -> None:
+    """The numbers to the last digit, the metrics file (every epoch, nothing twice) and the images."""
+    resumed, expected = read_summary(run_dir), read_summary(expected_dir)
+    assert resumed["status"] == "complete" and resumed["resumed_from"] == "checkpoints/last.ckpt"
+    assert resumed["global_steps"] == expected["global_steps"] == 20
     assert resumed["metrics"] == expected["metrics"]  # bit for bit: same seed, same CPU
-    # and nothing logged was lost: the metrics file holds every epoch, as the uninterrupted run's does
-    assert (interrupted / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+    assert (run_dir / "metrics.csv").read_text() == (expected_dir / "metrics.csv").read_text()
+    for image in ("reconstructions.png", "samples.png"):
+        assert (run_dir / "images" / image).read_bytes() == (expected_dir / "images" / image).read_bytes()
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_result(
+    tmp_path: Path, data_root: Path, uninterrupted_run: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    run = start_run(run_dir, data_root, pause_at="step 15")  # mid-epoch 1 (steps 11..20)
+    output = signal_at_point(run, "step 15", signal.SIGTERM)
+    assert run.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "vae_lab: received SIGTERM; stopping at the next batch boundary" in output
+    line = next(line for line in output.splitlines() if line.startswith("vae_lab: error: interrupted by SIGTERM"))
+    assert line.startswith("vae_lab: error: interrupted by SIGTERM at epoch 1, step 15. "), line
+    assert f"{run_dir}/checkpoints/last.ckpt holds the end of the last completed epoch" in line
+    command = f"python -m vae_lab.train {' '.join(RUN)} data.root={data_root} resume=true hydra.run.dir={run_dir}"
+    assert command in output
+    assert "Traceback" not in output
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["resume_command"] == command
+    assert summary["global_steps"] == 15
+    assert check_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+    result = resume(run_dir, data_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_result(run_dir, uninterrupted_run)
 
 
 def test_sigint_finishes_the_wandb_run_and_says_how_to_resume(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
-    run = start_run(run_dir, data_root, "logger=wandb")
-    _, stderr = signal_in_second_epoch(run, run_dir, signal.SIGINT)
-    assert run.returncode == 128 + signal.SIGINT, stderr[-3000:]
-    assert "vae_lab: error: interrupted by SIGINT at epoch 1, step " in stderr
-    assert f"resume=true hydra.run.dir={run_dir}" in stderr
-    assert "Traceback" not in stderr
+    run = start_run(run_dir, data_root, "logger=wandb", pause_at="step 15")
+    output = signal_at_point(run, "step 15", signal.SIGINT)
+    assert run.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert "vae_lab: error: interrupted by SIGINT at epoch 1, step 15. " in output
+    assert f"resume=true hydra.run.dir={run_dir}" in output
+    assert "Traceback" not in output
     summary = read_summary(run_dir)
     assert summary["status"] == "interrupted"
     assert summary["wandb"]["status"] == "ok"
     (debug_log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
     assert "got exitcode: 130" in debug_log.read_text()  # wandb.finish(exit_code=130) ran
-    assert check_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 60
+    assert check_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+
+#: Where the run is stopped after its last checkpoint, one stop per launch, each launch resuming the last.
+FINAL_STOPS = [
+    ("validate", signal.SIGTERM, "during the final validate (after training)"),
+    ("validate", signal.SIGKILL, None),
+    ("test", signal.SIGTERM, "during the final test (after training)"),
+    ("test", signal.SIGKILL, None),
+    ("evaluation", signal.SIGTERM, "during the end-of-training evaluation (16/200 test images done)"),
+    ("evaluation", signal.SIGKILL, None),
+    ("evaluation", signal.SIGINT, "during the end-of-training evaluation (16/200 test images done)"),
+    ("images", signal.SIGTERM, "before the image grids"),
+]
+
+
+def test_stopped_or_killed_during_the_final_stages_then_resume_gives_the_uninterrupted_result(
+    tmp_path: Path, data_root: Path, uninterrupted_run: Path
+) -> None:
+    """Stopped (SIGTERM, SIGINT) or killed (SIGKILL) after its last checkpoint: in the final validation
+    or test of the best checkpoint, the end-of-training evaluation or before the images. SIGTERM and
+    SIGINT stop the run there as during training (status, message, exit code, no traceback). Each
+    launch resumes the one before and is itself stopped at the next point; a resumed run trains no
+    epoch again (last.ckpt stays as it was) and the last one ends with the uninterrupted run's
+    numbers to the last digit, its metrics file and its images."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last_bytes = None
+    for launch, (point, signum, where) in enumerate(FINAL_STOPS):
+        overrides = ["resume=true"] if launch else []
+        run = start_run(run_dir, data_root, *overrides, pause_at=point)
+        output = signal_at_point(run, point, signum)
+        assert run.returncode == (-signum if signum == signal.SIGKILL else 128 + signum), output[-3000:]
+        summary = read_summary(run_dir)
+        if last_bytes is None:
+            assert check_checkpoint(last)["global_step"] == 20  # the last epoch's
+            last_bytes = last.read_bytes()
+        else:
+            assert "vae_lab: resuming" in output
+            assert last.read_bytes() == last_bytes, f"launch {launch} trained again"
+        if signum == signal.SIGKILL:
+            assert summary["status"] == "running", point  # it never got to say anything else
+            continue
+        assert "Traceback" not in output, output[-3000:]
+        assert (
+            f"vae_lab: error: interrupted by {signum.name} {where}. Training had finished and {last} holds its last "
+            "epoch; resuming runs only the final validation, test and evaluation again" in output
+        ), output[-3000:]
+        assert summary["status"] == "interrupted" and summary["signal"] == signum.name
+        assert summary["resume_command"].endswith(f"resume=true hydra.run.dir={run_dir}")
+        assert summary["resume_command"] in output
+
+    result = resume(run_dir, data_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert last.read_bytes() == last_bytes
+    assert_same_result(run_dir, uninterrupted_run)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda value: value.name)
+def test_signal_during_start_up_stops_with_one_line(tmp_path: Path, data_root: Path, signum: signal.Signals) -> None:
+    """At the very start (before torch, Lightning and Hydra's config): one line, the signal's exit
+    status, no traceback, and nothing written."""
+    run_dir = tmp_path / "run"
+    run = start_run(run_dir, data_root, "logger=csv", base=TINY, pause_at="start")
+    output = signal_at_point(run, "start", signum)
+    assert run.returncode == 128 + signum, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("vae_lab: paused at")]
+    assert lines == [
+        f"vae_lab: stopped by {signum.name} outside training (no training step was running, nothing was lost); run "
+        "the command again to start, with resume=true to continue a run."
+    ]
+    assert not run_dir.exists()
+
+
+def test_ctrl_c_at_the_first_line_stops_without_a_traceback(tmp_path: Path, data_root: Path) -> None:
+    """Ctrl-C the moment the run prints its first line (the wandb notice, before wandb.init and before the
+    Trainer exists): exit status 130, a one-line message, no traceback."""
+    run_dir = tmp_path / "run"
+    run = start_run(run_dir, data_root, "logger=wandb", base=TINY)
+    output = signal_at(run, "wandb: no API key found", signal.SIGINT)
+    assert run.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    # Stopped where the signal found the run: during start-up (at once), or just after, at the first batch boundary.
+    said = [line for line in output.splitlines() if line.startswith(
+        ("vae_lab: stopped by SIGINT outside training", "vae_lab: error: interrupted by SIGINT at epoch 0, step 0.")
+    )]
+    assert len(said) == 1, output[-3000:]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from conftest import TINY, run_cli
 
+from vae_lab.pause_points import PAUSE_VARIABLE
 from vae_lab.wandb_offline import find_offline_runs, read_offline_run
 
 #: 10,000 training images (200 steps of 50 per epoch), 3 epochs, one thread (bitwise-repeatable).
@@ -32,10 +33,11 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def start_cli(*overrides: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vae_lab.train", *overrides],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -67,14 +69,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_root: Path, tmp_pat
     assert seen == [0, 1, 2]
     expected = summary_of(reference_dir)
 
-    # The same run, killed (SIGKILL) during epoch 1, after the first epoch-end checkpoint.
+    # The same run, killed (SIGKILL) during epoch 1 (steps 201..400), after the first epoch-end checkpoint: the
+    # run waits at step 300 (vae_lab.pause_points) and is killed when it says so, whatever the machine's speed.
     run_dir = tmp_path / "run"
-    killed = start_cli(*RESUMABLE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    killed = start_cli(*RESUMABLE, f"hydra.run.dir={run_dir}", cwd=tmp_path, env={PAUSE_VARIABLE: "step 300"})
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 600
-    while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # into the next epoch
+    paused = next((line for line in killed.stderr if line.startswith("vae_lab: paused at step 300")), None)
+    assert paused is not None, "the run ended without reaching step 300"
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL

@@ -423,19 +423,32 @@ class ProgressPrinter(CountProgress):
 
 
 def evaluate_at_end_of_training(
-    cfg: Mapping[str, Any], model: VAE, datamodule: Any, loggers: Sequence[Any] = (), step: int = 0
+    cfg: Mapping[str, Any],
+    model: VAE,
+    datamodule: Any,
+    loggers: Sequence[Any] = (),
+    step: int = 0,
+    safe_point: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The evaluation train.py runs on the best checkpoint after ``trainer.test`` (rank 0 only):
     settings from the config's ``eval`` block, ``eval.n_importance_samples=0`` skips it. Returns the
     metrics for summary.json and logs them, at ``step``, to every Lightning logger of the run
-    (metrics.csv, wandb)."""
+    (metrics.csv, wandb). ``safe_point(done, total)`` runs after every batch of images: where a
+    signal may stop the evaluation (vae_lab.interrupts)."""
     config = dict(cfg.get("eval") or {})
     if not config.get("n_importance_samples", EvaluationSettings.n_importance_samples):
         return {}
     config.setdefault("seed", cfg.get("seed", 0))
     settings = EvaluationSettings.from_config(config)
     datamodule.setup("test")
-    result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
+    printer = ProgressPrinter()
+
+    def progress(done: int, total: int) -> None:
+        printer(done, total)
+        if safe_point is not None:
+            safe_point(done, total)
+
+    result = evaluate(model, datamodule.splits["test"], settings, progress=progress)
     log.info(result.table())
     metrics = result.metrics()
     for logger in loggers:

@@ -12,6 +12,16 @@ epoch (shuffling, binarization, reparameterization noise) is a function of (seed
 resumed run reproduces the uninterrupted one exactly. A mid-epoch checkpoint would save at most one
 epoch of work (seconds to minutes for data sets that fit in memory) at the price of exactness, since
 Lightning cannot replay the rest of an epoch's random stream.
+
+After training, the final validation and test of the best checkpoint, the end-of-training
+evaluation and the image grids stop the same way (at a batch boundary, or between stages). Each
+draws from a stream seeded by (seed, stage) (vae_lab.seeds.seed_stage) and the evaluation from its
+own generator, so a run stopped there, or killed there, resumes from its last checkpoint, runs only
+these stages again and ends with the uninterrupted run's numbers.
+
+Outside this region (start-up; and once the images are saved, the last wandb calls and the summary,
+where a resumed run would only redo the final stages) vae_lab.early_signals stops at once with one line. ``VAE_LAB_PAUSE_AT`` makes the run wait at one of these safe points, for tests
+(vae_lab.pause_points).
 """
 
 from __future__ import annotations
@@ -27,10 +37,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
+from vae_lab.early_signals import HANDLED_SIGNALS
 from vae_lab.errors import RunInterrupted
-
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from vae_lab.pause_points import pause_if_asked
 
 
 class GracefulInterrupt(Callback):
@@ -42,6 +53,8 @@ class GracefulInterrupt(Callback):
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
+        #: True once training has ended (its last checkpoint written): only the final stages are left.
+        self.after_training = False
         self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ signal handlers
@@ -74,12 +87,33 @@ class GracefulInterrupt(Callback):
         if self.received is not None:
             raise RunInterrupted(f"{self.received.name}{where}", exit_code=128 + int(self.received))
 
-    def _at_batch_end(self, trainer: L.Trainer) -> None:
+    def safe_point(self, point: str, where: str) -> None:
+        """A place where the run may stop: raise :class:`RunInterrupted` (``where`` says where) if a
+        signal came in; first wait there if ``VAE_LAB_PAUSE_AT`` names ``point`` (tests)."""
+        pause_if_asked(point, released=lambda: self.received is not None)
+        self.check(where)
+
+    def end_of_training(self) -> None:
+        """Training is over: from here on an interruption costs only the final stages."""
+        self.after_training = True
+        self.check(" after training")
+
+    def at_evaluation_batch(self, done: int, total: int) -> None:
+        """The end-of-training evaluation's batch boundary (its ``progress`` callback)."""
+        self.safe_point("evaluation", f" during the end-of-training evaluation ({done}/{total} test images done)")
+
+    def _at_batch_end(self, trainer: L.Trainer, point: bool = False) -> None:
+        stage = trainer.state.fn
+        if stage != TrainerFn.FITTING:  # the final validate/test of the best checkpoint
+            self.safe_point(str(stage.value), f" during the final {stage.value} (after training)")
+            return
+        if point:  # the end of a training step
+            pause_if_asked(f"step {trainer.global_step}", released=lambda: self.received is not None)
         if self.received is not None:
             self.check(f" at epoch {trainer.current_epoch}, step {trainer.global_step}")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        self._at_batch_end(trainer)
+        self._at_batch_end(trainer, point=True)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._at_batch_end(trainer)

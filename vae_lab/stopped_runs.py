@@ -37,12 +37,18 @@ def record_stopped_run(
     if interrupt.received is not None or isinstance(error, KeyboardInterrupt):
         received = interrupt.received or signal.SIGINT
         last = last_checkpoint(run_dir)
-        kept = (
-            f"{last} holds the end of the last completed epoch; the interrupted epoch will be run again from its "
-            "start, which reproduces the uninterrupted run exactly."
-            if last is not None
-            else "No epoch had completed, so there is no checkpoint; resuming starts from the beginning."
-        )
+        if last is None:
+            kept = "No epoch had completed, so there is no checkpoint; resuming starts from the beginning."
+        elif interrupt.after_training:
+            kept = (
+                f"Training had finished and {last} holds its last epoch; resuming runs only the final validation, "
+                "test and evaluation again, which reproduces the uninterrupted run exactly."
+            )
+        else:
+            kept = (
+                f"{last} holds the end of the last completed epoch; the interrupted epoch will be run again from its "
+                "start, which reproduces the uninterrupted run exactly."
+            )
         where = str(error) if isinstance(error, RunInterrupted) else received.name
         message = f"interrupted by {where}. {kept}\nResume with:\n  {resume_command(run_dir, overrides)}"
         status = {"status": "interrupted", "signal": received.name, "last_checkpoint": str(last) if last else None,

@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab.early_signals import stop_quietly_on_signals
 from vae_lab.jobs import Job, run_job
 from vae_lab.launchers import register_launcher_configs
 
@@ -52,6 +53,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.machine_checks import check_training_machine
     from vae_lab.provenance import provenance_fields
     from vae_lab.resume import keep_logged_epochs
+    from vae_lab.seeds import seed_stage
     from vae_lab.step_overheads import step_overhead_callbacks
     from vae_lab.stopped_runs import record_stopped_run
     from vae_lab.threads import choose_threads
@@ -112,17 +114,36 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     compile_networks(model, cfg.compile)
     metrics: dict[str, float] = {}
     try:
-        # Under DDP, job.processes starts the other ranks and joins them after testing.
-        with interrupt, job.processes(trainer, cfg):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
-            interrupt.check(" after training")
-            best = checkpoints.best_model_path
-            check_checkpoint(best, model)
-            for results in (
-                trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False),
-                trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False),
-            ):
-                metrics.update({name: float(value) for name, value in results[0].items()})
+        # Under DDP, job.processes starts the other ranks and joins them after testing. Until the images are
+        # saved, a signal stops the run at a safe point (vae_lab.interrupts); after it, vae_lab.early_signals.
+        with interrupt:
+            with job.processes(trainer, cfg):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+                interrupt.end_of_training()
+                best = checkpoints.best_model_path
+                check_checkpoint(best, model)
+                for stage in (trainer.validate, trainer.test):
+                    seed_stage(cfg.seed, stage.__name__, trainer.global_rank)  # never the state training left
+                    results = stage(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+                    metrics.update({name: float(value) for name, value in results[0].items()})
+            if trainer.is_global_zero:
+                # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
+                metrics.update(evaluate_at_end_of_training(
+                    cfg, model, datamodule, trainer.loggers, trainer.global_step, safe_point=interrupt.at_evaluation_batch
+                ))
+                interrupt.safe_point("images", " before the image grids")
+                seed_stage(cfg.seed, "images")
+                test_images = datamodule.example_images("test", 32).to(model.device)
+                images = {
+                    "reconstructions": reconstruction_grid(
+                        model.data_form.to_unit_interval(test_images), model.reconstruct(test_images)
+                    ),
+                    "samples": model.generate(64),
+                }
+                for name, grid in images.items():
+                    save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
+                save_latent_pictures(model, datamodule, run_dir, wandb_logger)
+                save_heatmap(run_dir, wandb_logger, trainer.loggers)  # posterior collapse over training (vae_lab.collapse)
     except BaseException as error:
         # A failure or an interruption: record it (summary.json, wandb) and say what to do.
         known = {
@@ -150,19 +171,6 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
-        metrics.update(evaluate_at_end_of_training(cfg, model, datamodule, trainer.loggers, trainer.global_step))
-        test_images = datamodule.example_images("test", 32).to(model.device)
-        images = {
-            "reconstructions": reconstruction_grid(
-                model.data_form.to_unit_interval(test_images), model.reconstruct(test_images)
-            ),
-            "samples": model.generate(64),
-        }
-        for name, grid in images.items():
-            save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
-        save_latent_pictures(model, datamodule, run_dir, wandb_logger)
-        save_heatmap(run_dir, wandb_logger, trainer.loggers)  # posterior collapse over training (vae_lab.collapse)
         if wandb_logger is not None:
             wandb_logger.log_image(
                 key="images", images=[str(run_dir / "images" / f"{name}.png") for name in images], caption=list(images)
@@ -203,4 +211,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    stop_quietly_on_signals()  # Ctrl-C during start-up: one line, no traceback
     main()

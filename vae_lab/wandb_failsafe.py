@@ -36,7 +36,7 @@ class FailSafeWandbLogger(WandbLogger):
 
     def record_failure(self, error: BaseException, during: str) -> None:
         if self.error is None:
-            self.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            self.error = describe_error(error)
             self.failed_during = during
             print(
                 f"vae_lab: wandb failed during {during} ({self.error}); the run goes on with the local logs "
@@ -83,6 +83,27 @@ class FailSafeWandbLogger(WandbLogger):
         if run is not None:
             status.update(id=getattr(run, "id", None), mode="offline" if _is_offline(run) else "online")
         return status
+
+
+def describe_error(error: BaseException) -> str:
+    """One readable line for a wandb error: its type and first line; for an invalid wandb setting (a
+    pydantic ValidationError, whose first line is only "1 validation error for Settings"), each
+    setting at fault with what is wrong with it (never its value, which may be a key), and where
+    such settings come from."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # wandb without pydantic: no such errors
+        ValidationError = ()
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or 'settings'}: {problem['msg']}" for problem in error.errors()
+        )
+        return (
+            f"invalid wandb setting {problems} (wandb reads its settings from the WANDB_* environment variables, "
+            "e.g. WANDB_BASE_URL, and from logger.wandb)"
+        )
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _is_offline(run: Any) -> bool:
