@@ -125,6 +125,10 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "eval.inference_gap.n_samples": ([], "eval.inference_gap.n_samples", "0"),
     "eval.inference_gap.images_per_batch": ([], "eval.inference_gap.images_per_batch", "0"),
     "eval.inference_gap.lr": ([], "eval.inference_gap.lr", "0"),
+    "posterior.n_flows": (["posterior=planar"], "posterior.n_flows", "0"),
+    "posterior.context_size": (["posterior=iaf"], "posterior.context_size", "0"),
+    "posterior.hidden_size": (["posterior=iaf"], "posterior.hidden_size", "0"),
+    "posterior.n_hidden_layers": (["posterior=iaf"], "posterior.n_hidden_layers", "0"),
 }
 
 
