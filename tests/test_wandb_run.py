@@ -64,9 +64,10 @@ def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_
 
 
 def test_image_grids_are_in_the_run(offline_run) -> None:
-    """Three logged image entries at the end (a one-epoch run logs no epoch images at the default
-    images_every_n_epochs=5): the grids (reconstructions, samples), the traversals and the
-    interpolations (one key each: they differ in size); they are every PNG of the run."""
+    """Four logged image entries at the end (a one-epoch run logs no epoch images at the default
+    images_every_n_epochs=5): the grids (reconstructions, samples), the traversals, the
+    interpolations and the KL-per-dimension heatmap (one key each: they differ in size); they are
+    every PNG of the run."""
     images = [row["images"] for row in offline_run.history if "images" in row]
     traversals = [row["latent/traversals"] for row in offline_run.history if "latent/traversals" in row]
     interpolations = [row["latent/interpolations"] for row in offline_run.history if "latent/interpolations" in row]
@@ -74,7 +75,10 @@ def test_image_grids_are_in_the_run(offline_run) -> None:
     assert images[0]["captions"] == ["reconstructions", "samples"] and images[0]["count"] == 2
     assert traversals[0]["captions"][0].startswith("traversals") and traversals[0]["count"] == 1
     assert images[0]["format"] == traversals[0]["format"] == interpolations[0]["format"] == "png"
+    heatmaps = [row["kl_per_dim_heatmap"] for row in offline_run.history if "kl_per_dim_heatmap" in row]
+    assert len(heatmaps) == 1 and heatmaps[0]["format"] == "png"  # posterior collapse over training (vae_lab.collapse)
     filenames = images[0]["filenames"] + traversals[0]["filenames"] + interpolations[0]["filenames"]
+    filenames += heatmaps[0]["filenames"]
     assert sorted(filenames) == [f for f in offline_run.files if f.endswith(".png")]
     for name in filenames:
         png = offline_run.directory / "files" / name
