@@ -199,11 +199,21 @@ WRITER = textwrap.dedent(
 )
 
 
+def temporary_size(path: Path) -> int:
+    """The size of a temporary file, 0 once it has been renamed away."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[int, bool]:
     """Start a writer, let it finish one checkpoint, wait until its next write has begun (a
     temporary file appears; for a plain torch.save, the checkpoint shrinks as it is rewritten),
-    then SIGKILL it after a random delay. Returns the last version it reported whole and whether
-    the kill left a half-written temporary file."""
+    then SIGKILL it: for the atomic writer once its temporary file holds a random fraction of a
+    whole checkpoint (the write's own progress, not a delay, so that the kill lands inside the
+    write on a fast machine too). Returns the last version it reported whole and whether the kill
+    left a half-written temporary file."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     path = tmp_path / "last.ckpt"
@@ -214,17 +224,17 @@ def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[in
     try:
         first = int(writer.stdout.readline())  # one whole checkpoint is on disk
         whole_size = path.stat().st_size
-        deadline = time.time() + 60
+        target = rng.uniform(0.1, 0.9) * whole_size if atomic else 0
+        deadline = time.time() + 60  # a guard against a hang, not the moment of the kill
         while time.time() < deadline:
-            writing = (
-                any(p.name.endswith(".tmp") for p in set(tmp_path.iterdir()) - before)
-                if atomic
-                else path.stat().st_size < whole_size
-            )
+            if atomic:
+                writing = any(temporary_size(p) >= target for p in set(tmp_path.iterdir()) - before
+                              if p.name.endswith(".tmp"))
+            else:
+                writing = path.stat().st_size < whole_size
             if writing:
                 break
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 0.1) if atomic else 0.0)
+            time.sleep(0.0005)
     finally:
         writer.kill()
     reported = [first] + [int(line) for line in writer.stdout.read().split()]

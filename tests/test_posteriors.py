@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import time
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +30,7 @@ from vae_lab.module import VAE
 from vae_lab.networks import GaussianEncoder
 from vae_lab.networks.base import LOG_VARIANCE_BOUND
 from vae_lab.objectives import ELBO
+from vae_lab.pause_points import PAUSE_VARIABLE
 from vae_lab.posteriors import (
     MOMENT_SAMPLES,
     DiagonalPosterior,
@@ -330,8 +330,8 @@ def test_every_posterior_and_prior_pair_trains(
 
 # ---------------------------------------------------------------------- the CLI: evaluation and resume
 def test_a_killed_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, tmp_path: Path) -> None:
-    """posterior=iaf through the real CLI, killed (SIGKILL) once the first epoch-end checkpoint is
-    written, then resume=true: the flow's parameters travel in the checkpoint, and the end-of-training
+    """posterior=iaf through the real CLI, killed (SIGKILL) in its second epoch, after the first
+    epoch-end checkpoint, then resume=true: the flow's parameters travel in the checkpoint, and the end-of-training
     evaluation reports the importance-sampled log-likelihood and the active units with E_q[z] from the
     stated 1000 draws."""
     run_dir = tmp_path / "run"
@@ -340,10 +340,12 @@ def test_a_killed_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, t
         "data.train_subset=5000", "trainer.max_epochs=2", "posterior=iaf", "posterior.n_flows=1", "threads=1",
         f"hydra.run.dir={run_dir}",
     ]
-    killed = start_cli(*overrides, cwd=tmp_path)
+    # Killed during its second epoch (steps 91..180 or 101..200, whatever the split), after the first epoch-end
+    # checkpoint: the run waits at step 150 (vae_lab.pause_points) and is killed when it says so.
+    killed = start_cli(*overrides, cwd=tmp_path, env={PAUSE_VARIABLE: "step 150"})
     last = run_dir / "checkpoints" / "last.ckpt"
-    while not last.is_file() and killed.poll() is None:  # the run's own progress: its first checkpoint
-        time.sleep(0.02)
+    paused = next((line for line in killed.stderr if line.startswith("vae_lab: paused at step 150")), None)
+    assert paused is not None, "the run ended without reaching step 150"
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL and checkpoint_epoch(last) == 0
