@@ -64,7 +64,7 @@ def plain_evaluation(state_dict, images, k: int, images_per_batch: int, samples_
             h = torch.tanh(F.linear(h, w["encoder.features.1.2.weight"], w["encoder.features.1.2.bias"]))
             mean = F.linear(h, w["encoder.mean.weight"], w["encoder.mean.bias"])
             raw_log_variance = F.linear(h, w["encoder.log_variance.weight"], w["encoder.log_variance.bias"])
-            # vae_lab.networks.base.GaussianEncoder: log sigma^2 = B tanh(raw / B), B = 20.
+            # vae_lab.model.networks.base.GaussianEncoder: log sigma^2 = B tanh(raw / B), B = 20.
             log_variance = 20.0 * torch.tanh(raw_log_variance / 20.0)
             std = torch.exp(0.5 * log_variance)
             latent_dim = mean.shape[-1]
@@ -100,20 +100,25 @@ def worker(args: argparse.Namespace) -> dict:
         images = plain_test_images(Path(run_cfg.data.root), args.n_images)
         memory_before = peak_memory_mb()
         started = time.perf_counter()
-        log_likelihood = plain_evaluation(state_dict, images, args.k, args.images_per_batch, args.samples_per_chunk, args.seed)
+        log_likelihood = plain_evaluation(
+            state_dict, images, args.k, args.images_per_batch, args.samples_per_chunk, args.seed
+        )
         seconds = time.perf_counter() - started
         plan = (args.images_per_batch, args.samples_per_chunk)
     else:
-        from vae_lab.build import build_datamodule, build_model
         from vae_lab.evaluate import load_weights
-        from vae_lab.evaluation import EvaluationSettings, evaluate
+        from vae_lab.evaluation.importance_sampling import EvaluationSettings, evaluate
+        from vae_lab.model.build import build_datamodule, build_model
 
         datamodule = build_datamodule(run_cfg)
         model = build_model(run_cfg, datamodule)
         load_weights(model, run_dir / "checkpoints" / "best.ckpt", state_dict)
         datamodule.setup("test")
         settings = EvaluationSettings(
-            n_importance_samples=args.k, seed=args.seed, n_test_images=args.n_images, memory_budget_mb=args.memory_budget_mb or None
+            n_importance_samples=args.k,
+            seed=args.seed,
+            n_test_images=args.n_images,
+            memory_budget_mb=args.memory_budget_mb or None,
         )
         memory_before = peak_memory_mb()
         started = time.perf_counter()
@@ -152,7 +157,7 @@ def default_run(folder: Path, data_root: str | None) -> str:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.model.build import build_datamodule, build_model
 
     overrides = [f"data.root={data_root}"] if data_root else []
     with initialize_config_module("vae_lab.conf", version_base="1.3"):
@@ -170,10 +175,18 @@ def machine() -> dict:
     """Where the figures come from, with the load average (other processes distort timings)."""
     import os
 
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
 
 
@@ -211,7 +224,9 @@ def main() -> None:
                 "time_ratio": round(ours["seconds"] / plain["seconds"], 3),
                 "nll_agree": agree,
             })  # fmt: skip
-            print(f"threads={threads}: vae_lab {ours['seconds']:.1f} s, plain {plain['seconds']:.1f} s", file=sys.stderr)
+            print(
+                f"threads={threads}: vae_lab {ours['seconds']:.1f} s, plain {plain['seconds']:.1f} s", file=sys.stderr
+            )
 
     header = f"{'threads':>7} {'impl':>8} {'seconds':>9} {'peak MB':>8} {'B x S':>10} {'-log p(x)':>10} {'ratio':>6}"
     lines = [f"importance-sampled evaluation, k={args.k}, {args.n_images} MNIST test images", header]
@@ -225,7 +240,7 @@ def main() -> None:
             )
     print("\n".join(lines))
     report = {
-        "benchmark": "importance-sampled evaluation, vae_lab.evaluation.evaluate vs a plain batched loop",
+        "benchmark": "importance-sampled evaluation, vae_lab.evaluation.importance_sampling.evaluate vs a plain batched loop",
         "k": args.k,
         "n_images": args.n_images,
         "run_dir": args.run_dir if Path(args.run_dir).exists() else "default model at initialisation",

@@ -8,7 +8,7 @@ For each number of epochs in --epochs it trains the default model (objective=elb
 many epochs on the first --train-subset training images through the CLI (outputs/benchmark_gradient_snr_<E>
 epochs/, reused when it holds a finished run). Then, for each k and for gradient =
 reparameterization and dreg, the trained weights get objective=iwae with that k and estimator and
-vae_lab.gradient_snr.gradient_snr measures --n-estimates gradient estimates on one fixed batch (the first
+vae_lab.evaluation.gradient_snr.gradient_snr measures --n-estimates gradient estimates on one fixed batch (the first
 training batch, data.batch_size images), seeded identically for every setting. Writes
 benchmarks/results/gradient_snr.json and docs/images/gradient_snr_vs_k.png.
 """
@@ -31,8 +31,14 @@ GRADIENTS = ("reparameterization", "dreg")
 
 def train(run_dir: Path, epochs: int, train_subset: int) -> None:
     command = [
-        sys.executable, "-m", "vae_lab.train", f"trainer.max_epochs={epochs}", f"data.train_subset={train_subset}",
-        "logger=csv", "eval.n_importance_samples=0", f"hydra.run.dir={run_dir}",
+        sys.executable,
+        "-m",
+        "vae_lab.train",
+        f"trainer.max_epochs={epochs}",
+        f"data.train_subset={train_subset}",
+        "logger=csv",
+        "eval.n_importance_samples=0",
+        f"hydra.run.dir={run_dir}",
     ]
     print("training:", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
@@ -42,9 +48,9 @@ def measure(run_dir: Path, ks: list[int], n_estimates: int, epochs: int) -> list
     import torch
     from omegaconf import OmegaConf
 
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.gradient_snr import gradient_snr
-    from vae_lab.objectives import IWAE
+    from vae_lab.evaluation.gradient_snr import gradient_snr
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.model.objectives import IWAE
 
     torch.set_num_threads(1)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -62,8 +68,11 @@ def measure(run_dir: Path, ks: list[int], n_estimates: int, epochs: int) -> list
             snr = gradient_snr(model.train(), batch, n_estimates, seed=cfg.seed)
             seconds = round(time.time() - started, 1)
             results.append({"epochs": epochs, "k": k, "gradient": gradient, **snr, "seconds": seconds})
-            print(f"{epochs} epochs, k={k:3d} {gradient:18s} encoder SNR {snr['encoder']['snr_mean']:.4f}  "
-                  f"decoder SNR {snr['decoder']['snr_mean']:.4f}", flush=True)
+            print(
+                f"{epochs} epochs, k={k:3d} {gradient:18s} encoder SNR {snr['encoder']['snr_mean']:.4f}  "
+                f"decoder SNR {snr['decoder']['snr_mean']:.4f}",
+                flush=True,
+            )
     return results
 
 
@@ -79,8 +88,13 @@ def plot(results: list[dict]) -> None:
         for gradient, marker, color in zip(GRADIENTS, ("o", "s"), ("C0", "C1")):
             for epochs, line in zip(trained, ("-", "--", ":")):
                 rows = [r for r in results if r["gradient"] == gradient and r["epochs"] == epochs]
-                axis.plot([r["k"] for r in rows], [r[group]["snr_mean"] for r in rows], marker + line, color=color,
-                          label=f"IWAE {gradient}, trained {epochs} epoch{'s' * (epochs != 1)}")
+                axis.plot(
+                    [r["k"] for r in rows],
+                    [r[group]["snr_mean"] for r in rows],
+                    marker + line,
+                    color=color,
+                    label=f"IWAE {gradient}, trained {epochs} epoch{'s' * (epochs != 1)}",
+                )
         axis.set(xscale="log", yscale="log", xlabel="k (importance samples)", title=f"{group} gradient SNR")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("mean over parameters of |mean| / std")
@@ -105,14 +119,24 @@ def main() -> None:
             train(run_dir, epochs, args.train_subset)
         results += measure(run_dir, ks, args.n_estimates, epochs)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": "nice -n 10 python " + " ".join(sys.argv),
-        "trained": {"epochs": args.epochs, "train_subset": args.train_subset, "model": "the default (elbo, bernoulli, mlp)"},
-        "n_estimates": args.n_estimates,
-        "threads": 1,
-        "cpu": os.cpu_count(),
-        "results": results,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "command": "nice -n 10 python " + " ".join(sys.argv),
+                "trained": {
+                    "epochs": args.epochs,
+                    "train_subset": args.train_subset,
+                    "model": "the default (elbo, bernoulli, mlp)",
+                },
+                "n_estimates": args.n_estimates,
+                "threads": 1,
+                "cpu": os.cpu_count(),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(results)
     print(f"wrote {RESULTS.relative_to(ROOT)} and {FIGURE.relative_to(ROOT)}")
 

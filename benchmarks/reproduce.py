@@ -40,8 +40,15 @@ PAPER = {
 def run(name: str, out: Path, data_root: Path, extra: list[str]) -> dict:
     run_dir = out / name
     command = [
-        sys.executable, "-m", "vae_lab.train", f"experiment={name}", "schedule=short", "logger=csv",
-        f"data.root={data_root}", f"hydra.run.dir={run_dir}", *extra,
+        sys.executable,
+        "-m",
+        "vae_lab.train",
+        f"experiment={name}",
+        "schedule=short",
+        "logger=csv",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
     ]
     print("$", " ".join(command), flush=True)
     started = time.time()

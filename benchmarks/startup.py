@@ -5,7 +5,7 @@
 Wall times of fresh processes, medians of interleaved repeats, against baselines measured in the
 same run: `python -c "import torch"` and `python -c "import lightning"` (a training run cannot
 start before Lightning is imported; Lightning imports torchvision and matplotlib itself, through
-torchmetrics). The first step is the moment vae_lab.epoch_timer records (VAE_LAB_TIMING_FILE);
+torchmetrics). The first step is the moment vae_lab.run.epoch_timer records (VAE_LAB_TIMING_FILE);
 the run is then interrupted. Real MNIST, default model; the logger=csv run must not import wandb,
 the default run (wandb, offline without an API key) pays for it. Saved as
 benchmarks/results/startup.json.
@@ -48,8 +48,13 @@ def time_to_first_step(overrides: list[str]):
                 "WANDB_SILENT": "true",
             }
             command = [
-                sys.executable, "-m", "vae_lab.train", f"data.root={data_root()}",
-                f"hydra.run.dir={folder}/run", "++eval.n_importance_samples=0", *overrides,
+                sys.executable,
+                "-m",
+                "vae_lab.train",
+                f"data.root={data_root()}",
+                f"hydra.run.dir={folder}/run",
+                "++eval.n_importance_samples=0",
+                *overrides,
             ]
             launched = time.time()
             process = subprocess.Popen(
@@ -59,7 +64,9 @@ def time_to_first_step(overrides: list[str]):
                 while process.poll() is None and not first_step(timing_file):
                     time.sleep(0.02)
                 if not first_step(timing_file):
-                    raise RuntimeError(f"{' '.join(command)} ended before its first step:\n{process.stderr.read()[-3000:]}")
+                    raise RuntimeError(
+                        f"{' '.join(command)} ended before its first step:\n{process.stderr.read()[-3000:]}"
+                    )
                 seconds = first_step(timing_file) - launched
             finally:
                 stop(process)

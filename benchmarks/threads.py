@@ -1,5 +1,5 @@
 """Training steps per second with 1 thread against all cores, per model size: the measurement
-behind ``threads: auto`` (vae_lab/threads.py).
+behind ``threads: auto`` (vae_lab/run/threads.py).
 
     python benchmarks/threads.py [--repeats 7] [--steps 30] [--only conv]
 
@@ -30,7 +30,7 @@ MODELS = [
 def build(overrides: list[str], image_shape: tuple[int, int, int]):
     from hydra import compose, initialize_config_module
 
-    from vae_lab.build import build_model
+    from vae_lab.model.build import build_model
 
     with initialize_config_module("vae_lab.conf", version_base="1.3"):
         # No data here, so no data-dependent output-bias initialisation (it changes no step time).
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--only", default="", help="measure only the models whose name contains this")
     arguments = parser.parse_args()
-    from vae_lab.threads import available_cores, training_flops
+    from vae_lab.run.threads import available_cores, training_flops
 
     cores = available_cores()
     rows = []

@@ -7,7 +7,7 @@ training epochs of the default model, 784-200-200-50 tanh, Bernoulli likelihood,
 Adam 1e-3; start-up, validation and checkpoints excluded):
 
 - vae_lab: `python -m vae_lab.train` with the default config (in-memory data path), its epochs
-  timed from inside by vae_lab.epoch_timer (VAE_LAB_TIMING_FILE);
+  timed from inside by vae_lab.run.epoch_timer (VAE_LAB_TIMING_FILE);
 - plain loop: a careful hand-written PyTorch loop, the same architecture with
   binary_cross_entropy_with_logits and the closed-form KL, over a uint8 tensor already in memory
   (randperm per epoch, binarized per batch as vae_lab does), with `torch.optim.Adam(lr=1e-3)` as
@@ -99,8 +99,12 @@ def train_epochs(batches_of_epoch, epochs: int, fused: bool = False) -> list[dic
 
 
 def epoch_timing(started: float, cpu_started: float, images: int) -> dict:
-    """An epoch's wall time, CPU time of this process and images, as vae_lab.epoch_timer writes them."""
-    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started, "images": images}
+    """An epoch's wall time, CPU time of this process and images, as vae_lab.run.epoch_timer writes them."""
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "images": images,
+    }
 
 
 def in_memory_batches(images):
@@ -139,7 +143,7 @@ def classic_dataloader_batches(root: Path):
 def vae_lab_batches(root: Path, loader: str):
     """vae_lab's own training loader (no trainer: epoch 0 each time), the default MNIST config."""
     from vae_lab.data import MNISTDataModule
-    from vae_lab.data_forms import DataForm
+    from vae_lab.data.forms import DataForm
 
     datamodule = MNISTDataModule(root=str(root), data_form=DataForm.BINARY, batch_size=BATCH_SIZE, loader=loader)
     datamodule.setup()
@@ -163,14 +167,23 @@ def run_vae_lab(root: Path, epochs: int, threads: int) -> list[dict]:
         timing_file = Path(folder) / "timing.jsonl"
         python_subprocess(
             [
-                "-m", "vae_lab.train", "logger=csv", f"trainer.max_epochs={epochs}", f"threads={threads}",
-                f"data.root={root}", f"hydra.run.dir={folder}/run",
+                "-m",
+                "vae_lab.train",
+                "logger=csv",
+                f"trainer.max_epochs={epochs}",
+                f"threads={threads}",
+                f"data.root={root}",
+                f"hydra.run.dir={folder}/run",
                 "++eval.n_importance_samples=0",  # no importance-sampled evaluation at the end
             ],
             env={"VAE_LAB_TIMING_FILE": str(timing_file)},
         )
         events = [json.loads(line) for line in timing_file.read_text().splitlines()]
-    return [{key: event[key] for key in ("seconds", "cpu_seconds", "images")} for event in events if event["event"] == "epoch"]
+    return [
+        {key: event[key] for key in ("seconds", "cpu_seconds", "images")}
+        for event in events
+        if event["event"] == "epoch"
+    ]
 
 
 def run_variant(name: str, epochs: int, threads: int) -> list[dict]:
@@ -205,8 +218,8 @@ def auto_threads() -> int:
     """What threads=auto picks for the default model on MNIST."""
     from hydra import compose, initialize_config_module
 
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.threads import choose_threads
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.run.threads import choose_threads
 
     with initialize_config_module("vae_lab.conf", version_base="1.3"):
         cfg = compose("config", overrides=["logger=csv", f"data.root={data_root()}"])
@@ -216,9 +229,7 @@ def auto_threads() -> int:
 
 def in_subprocess(name: str, epochs: int, threads: int):
     def measure() -> float:
-        completed = python_subprocess(
-            [__file__, "--variant", name, "--epochs", str(epochs), "--threads", str(threads)]
-        )
+        completed = python_subprocess([__file__, "--variant", name, "--epochs", str(epochs), "--threads", str(threads)])
         timings = json.loads(completed.stdout.strip().splitlines()[-1])
         measure.epochs.append(timings)
         return statistics.median(epoch["images"] / epoch["seconds"] for epoch in timings)
@@ -262,8 +273,14 @@ def main() -> None:
             row[f"x {baseline.removeprefix('data: ')}"] = result["median"] / results[baseline]["median"]
         rows.append(row)
     columns = [
-        "variant", "images_per_second", "spread", "seconds_per_epoch", "images_per_cpu_second",
-        "x plain loop", "x plain loop, fused Adam", "x DataLoader",
+        "variant",
+        "images_per_second",
+        "spread",
+        "seconds_per_epoch",
+        "images_per_cpu_second",
+        "x plain loop",
+        "x plain loop, fused Adam",
+        "x DataLoader",
     ]
     print_table(rows, columns)
     ratios = {
@@ -281,7 +298,9 @@ def main() -> None:
     }
     cpu = {row["variant"]: row["images_per_cpu_second"] for row in rows}
     ratios["CPU time: vae_lab / plain loop (information)"] = cpu["vae_lab"] / cpu["plain loop"]
-    ratios["CPU time: vae_lab / plain loop with fused Adam (information)"] = cpu["vae_lab"] / cpu["plain loop, fused Adam"]
+    ratios["CPU time: vae_lab / plain loop with fused Adam (information)"] = (
+        cpu["vae_lab"] / cpu["plain loop, fused Adam"]
+    )
     for name, ratio in ratios.items():
         if name not in acceptance:
             print(f"{name}: {ratio:.2f}x")

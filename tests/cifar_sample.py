@@ -52,11 +52,17 @@ def write_cifar_batches(sample_dir: Path, root: Path) -> Path:
     for number in range(5):
         start = number * per_batch
         write_batch(
-            folder / f"data_batch_{number + 1}", images[start : start + per_batch], start,
+            folder / f"data_batch_{number + 1}",
+            images[start : start + per_batch],
+            start,
             f"training batch {number + 1} of 5",
         )
     write_batch(folder / "test_batch", images[N_TRAIN : N_TRAIN + N_TEST], N_TRAIN, "testing batch 1 of 1")
-    meta = {b"num_cases_per_batch": per_batch, b"label_names": [name.encode() for name in LABEL_NAMES], b"num_vis": 3072}
+    meta = {
+        b"num_cases_per_batch": per_batch,
+        b"label_names": [name.encode() for name in LABEL_NAMES],
+        b"num_vis": 3072,
+    }
     with (folder / "batches.meta").open("wb") as handle:
         pickle.dump(meta, handle, protocol=2)
     return folder

@@ -90,7 +90,10 @@ def tiny_default_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("tiny_default_run") / "run"
     overrides = [o for o in TINY if not o.startswith("logger=")]
     result = run_cli(
-        "vae_lab.train", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
+        "vae_lab.train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent,
         env={"WANDB_SILENT": "true", "NETRC": os.devnull},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,8 +21,14 @@ START, END = "<!-- mutation-results:start -->", "<!-- mutation-results:end -->"
 #: mutmut's statuses that count as killed.
 KILLED = ("killed", "timeout", "segfault")
 #: The groups of the table (a mutant belongs to the first whose prefix its module has).
-GROUPS = ("vae_lab.likelihoods", "vae_lab.priors", "vae_lab.objectives", "vae_lab.evaluation", "vae_lab.data_forms",
-          "vae_lab.report.table")
+GROUPS = (
+    "vae_lab.model.likelihoods",
+    "vae_lab.model.priors",
+    "vae_lab.model.objectives",
+    "vae_lab.evaluation.importance_sampling",
+    "vae_lab.data.forms",
+    "vae_lab.report.table",
+)
 
 
 def mutant_results(mutmut: str) -> dict[str, str]:
@@ -69,15 +75,19 @@ def summary(results: dict[str, str], equivalent: set[str]) -> str:
 
     total: Counter = sum(counts.values(), Counter())
     lines = [
-        (f"kill rate: {rate(total)} ({total['killed']} of the {total['killed'] + total['not killed']} non-equivalent "
-        f"mutants killed; {total['mutants']} mutants, {total['equivalent']} equivalent)"),
+        (
+            f"kill rate: {rate(total)} ({total['killed']} of the {total['killed'] + total['not killed']} non-equivalent "
+            f"mutants killed; {total['mutants']} mutants, {total['equivalent']} equivalent)"
+        ),
         "",
         "| module | mutants | killed | equivalent | not killed | kill rate |",
         "|---|---|---|---|---|---|",
     ]
     for group in sorted(counts, key=lambda g: (GROUPS.index(g) if g in GROUPS else len(GROUPS), g)):
         c = counts[group]
-        lines.append(f"| `{group}` | {c['mutants']} | {c['killed']} | {c['equivalent']} | {c['not killed']} | {rate(c)} |")
+        lines.append(
+            f"| `{group}` | {c['mutants']} | {c['killed']} | {c['equivalent']} | {c['not killed']} | {rate(c)} |"
+        )
     unexplained = sorted(name for name, status in results.items() if status not in KILLED and name not in equivalent)
     lines += ["", f"Survivors not listed as equivalent ({len(unexplained)}):", ""]
     lines += [f"- `{name}`: {results[name]}" for name in unexplained] or ["- none"]

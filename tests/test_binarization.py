@@ -61,7 +61,9 @@ def test_static_binarization_draws_once(data_root: Path) -> None:
     grey = make_datamodule(data_root, data_form="continuous").splits["train"].float() / 255.0
     assert abs(first.mean().item() - grey.mean().item()) < 0.01
     # One draw for every run: the run's seed does not change the static bits.
-    torch.testing.assert_close(served_epoch(make_datamodule(data_root, binarization="static", seed=5).train_dataloader(), 0), first)
+    torch.testing.assert_close(
+        served_epoch(make_datamodule(data_root, binarization="static", seed=5).train_dataloader(), 0), first
+    )
 
 
 def test_evaluation_bits_are_the_same_for_every_run_and_seed(data_root: Path) -> None:
@@ -81,5 +83,5 @@ def test_grey_pixels_are_served_unbinarized(data_root: Path) -> None:
     datamodule = make_datamodule(data_root, data_form="continuous")
     assert datamodule.binarization == "none"
     batch = next(iter(datamodule.train_dataloader()))
-    assert 0 <= batch.min() and batch.max() < 1
+    assert batch.min() >= 0 and batch.max() < 1
     assert len(batch.unique()) > 256  # dequantized: (x + u) / 256, not 256 grey levels

@@ -13,8 +13,8 @@ from torch.distributions import Categorical, Independent, Uniform
 
 from vae_lab.data import MNISTDataModule
 from vae_lab.data.base import dequantize
-from vae_lab.data_forms import DataForm
-from vae_lab.likelihoods import BernoulliLikelihood
+from vae_lab.data.forms import DataForm
+from vae_lab.model.likelihoods import BernoulliLikelihood
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_uniform_mass_over_256_values_is_8_bits(cifar_images: torch.Tensor) -> N
 
 def test_uniform_density_on_dequantized_pixels_is_8_bits(cifar_images: torch.Tensor) -> None:
     y = dequantize(cifar_images, torch.Generator().manual_seed(0))  # (x + u) / 256 in [0, 1)
-    assert 0 <= y.min() and y.max() < 1
+    assert y.min() >= 0 and y.max() < 1
     model = Independent(Uniform(torch.zeros(3, 32, 32), torch.ones(3, 32, 32)), 3)
     nll = -model.log_prob(y)  # density 1 on [0, 1)^D: 0 nats, which is 8 bits per 8-bit value
     bits = DataForm.CONTINUOUS.bits_per_dim(nll, n_dims=3072)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 import lightning as L
+import torch
 from conftest import TINY, compose_config
 from torch.distributions import Normal
 
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.checkpoints import checkpoint_callbacks
-from vae_lab.likelihoods import GaussianLikelihood
-from vae_lab.likelihoods.calibrated import CalibratedNormal
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.likelihoods import GaussianLikelihood
+from vae_lab.model.likelihoods.calibrated import CalibratedNormal
+from vae_lab.run.checkpoints import checkpoint_callbacks
 
 
 def test_training_sigma_is_the_batch_maximum_likelihood_value() -> None:
@@ -44,13 +44,19 @@ def test_fit_sets_the_training_set_sigma_that_evaluation_uses(data_root: Path, t
     batches must match the training set's ML sigma recomputed here; evaluation then uses that sigma, not
     one fitted to the images it scores, and the checkpoint carries it."""
     overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
-    cfg = compose_config(*overrides, "likelihood=gaussian", "likelihood.variance=optimal", "optimizer.lr=0.0",
-                         "optimizer.fused=false")
+    cfg = compose_config(
+        *overrides, "likelihood=gaussian", "likelihood.variance=optimal", "optimizer.lr=0.0", "optimizer.fused=false"
+    )
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=list(checkpoint_callbacks(tmp_path)), default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(checkpoint_callbacks(tmp_path)),
+        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, datamodule=datamodule)
     fitted = float(model.likelihood.training_set_sigma.scale)

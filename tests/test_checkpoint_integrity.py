@@ -23,11 +23,11 @@ from conftest import TINY, run_cli
 from omegaconf import OmegaConf
 
 import vae_lab
-from vae_lab.checkpoint_integrity import MAY_DIFFER, RECORD_KEY, content_digests, verify_digests
-from vae_lab.checkpoint_io import AtomicCheckpointIO
-from vae_lab.checkpoints import check_checkpoint, load_checkpoint
 from vae_lab.errors import CheckpointError
-from vae_lab.provenance import SCHEMA_VERSION, schema_version
+from vae_lab.run.checkpoint_integrity import MAY_DIFFER, RECORD_KEY, content_digests, verify_digests
+from vae_lab.run.checkpoint_io import AtomicCheckpointIO
+from vae_lab.run.checkpoints import check_checkpoint, load_checkpoint
+from vae_lab.run.provenance import SCHEMA_VERSION, schema_version
 
 QUIET = ["+trainer.enable_progress_bar=false", "threads=1"]
 QUICK_EVAL = ["n_importance_samples=5", "n_test_images=50", "threads=1"]
@@ -102,7 +102,7 @@ def test_checkpoints_and_summary_carry_config_digests_and_provenance(finished_ru
         record = checkpoint[RECORD_KEY]
         assert record["schema_version"] == SCHEMA_VERSION
         assert record["config"] == summary["config"]  # the resolved config of the run
-        assert record["config"]["likelihood"]["_target_"] == "vae_lab.likelihoods.BernoulliLikelihood"
+        assert record["config"]["likelihood"]["_target_"] == "vae_lab.model.likelihoods.BernoulliLikelihood"
         for provenance in (record["provenance"], summary["provenance"]):
             assert {key: provenance[key] for key in expected} == expected
             assert isinstance(provenance["git_dirty"], bool) and provenance["device_name"]
@@ -151,8 +151,14 @@ def test_flipped_bit_in_weights_or_optimizer_state_is_refused_by_resume(
     corrupt, summary_before = last.read_bytes(), (run_dir / "summary.json").read_bytes()
 
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
-        "trainer.max_epochs=2", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        "trainer.max_epochs=2",
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"vae_lab: error: checkpoint {last} is corrupt: {part} changed after it was written" in result.stderr
@@ -170,7 +176,7 @@ def test_evaluate_refuses_a_run_config_rewritten_to_another_likelihood(finished_
     run_dir = copy_of(finished_run, tmp_path)
     config_path = run_dir / ".hydra" / "config.yaml"
     config = OmegaConf.load(config_path)
-    config.likelihood = {"_target_": "vae_lab.likelihoods.ContinuousBernoulliLikelihood"}
+    config.likelihood = {"_target_": "vae_lab.model.likelihoods.ContinuousBernoulliLikelihood"}
     config.seed = 3
     OmegaConf.save(config, config_path)
     summary_before = (run_dir / "summary.json").read_bytes()
@@ -187,8 +193,8 @@ def test_evaluate_refuses_a_run_config_rewritten_to_another_likelihood(finished_
     assert listing == [
         "  - data.seed: 0 -> 3",
         (
-            "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
-            "vae_lab.likelihoods.ContinuousBernoulliLikelihood"
+            "  - likelihood._target_: vae_lab.model.likelihoods.BernoulliLikelihood -> "
+            "vae_lab.model.likelihoods.ContinuousBernoulliLikelihood"
         ),
         "  - seed: 0 -> 3",
     ]
@@ -204,16 +210,22 @@ def test_resume_refuses_a_checkpoint_written_with_other_settings(
     (run_dir / "summary.json").unlink()
     kept = {name: (run_dir / name).read_bytes() for name in ("checkpoints/last.ckpt", "metrics.csv")}
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
-        "likelihood=continuous_bernoulli", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        "likelihood=continuous_bernoulli",
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     last = run_dir / "checkpoints" / "last.ckpt"
     assert (
         f"vae_lab: error: checkpoint {last} was written with other model or data settings than this run's config "
         "(checkpoint -> this run's config):\n"
-        "  - likelihood._target_: vae_lab.likelihoods.BernoulliLikelihood -> "
-        "vae_lab.likelihoods.ContinuousBernoulliLikelihood\nNothing was loaded or written."
+        "  - likelihood._target_: vae_lab.model.likelihoods.BernoulliLikelihood -> "
+        "vae_lab.model.likelihoods.ContinuousBernoulliLikelihood\nNothing was loaded or written."
     ) in result.stderr
     assert "Traceback" not in result.stderr
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept and not (run_dir / "summary.json").exists()
@@ -237,8 +249,14 @@ def test_longer_training_and_other_eval_paths_and_threads_are_accepted(
 
     # resume: a run extended by one more epoch.
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
-        "trainer.max_epochs=2", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        "trainer.max_epochs=2",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

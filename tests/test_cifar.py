@@ -35,10 +35,13 @@ def test_written_batches_decode_to_the_sample_images(cifar_root: Path, data_root
 
 
 def test_conv_is_the_default_network_for_cifar_and_the_command_line_wins() -> None:
-    assert compose_config("data=cifar", "likelihood=gaussian").model.encoder._target_ == "vae_lab.networks.ConvEncoder"
-    assert compose_config("data=cifar", "model=mlp").model.encoder._target_ == "vae_lab.networks.MLPEncoder"
-    assert compose_config().model.encoder._target_ == "vae_lab.networks.MLPEncoder"  # MNIST keeps the MLP
-    assert compose_config("model=conv").model.encoder._target_ == "vae_lab.networks.ConvEncoder"
+    assert (
+        compose_config("data=cifar", "likelihood=gaussian").model.encoder._target_
+        == "vae_lab.model.networks.ConvEncoder"
+    )
+    assert compose_config("data=cifar", "model=mlp").model.encoder._target_ == "vae_lab.model.networks.MLPEncoder"
+    assert compose_config().model.encoder._target_ == "vae_lab.model.networks.MLPEncoder"  # MNIST keeps the MLP
+    assert compose_config("model=conv").model.encoder._target_ == "vae_lab.model.networks.ConvEncoder"
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -48,8 +51,14 @@ def read_summary(run_dir: Path) -> dict:
 def test_gaussian_on_cifar_runs_end_to_end(cifar_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", "likelihood=gaussian", "data=cifar", *TINY, f"data.root={cifar_root}", "data.verify=false",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "vae_lab.train",
+        "likelihood=gaussian",
+        "data=cifar",
+        *TINY,
+        f"data.root={cifar_root}",
+        "data.verify=false",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_summary(run_dir)
@@ -71,10 +80,21 @@ def test_a_few_epochs_with_a_learned_sigma_go_below_8_bits_per_dim(cifar_root: P
     of 8 bits/dim (measured: 7.52 test bits/dim; with batch 50 and Adam 1e-3, 250 steps: 7.79)."""
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", "likelihood=gaussian", "likelihood.variance=per_channel", "data=cifar",
-        "data.val_size=500", "data.batch_size=20", "optimizer.lr=5e-3", "trainer.max_epochs=5", "logger=csv",
+        "vae_lab.train",
+        "likelihood=gaussian",
+        "likelihood.variance=per_channel",
+        "data=cifar",
+        "data.val_size=500",
+        "data.batch_size=20",
+        "optimizer.lr=5e-3",
+        "trainer.max_epochs=5",
+        "logger=csv",
         "eval.n_importance_samples=0",
-        f"data.root={cifar_root}", "data.verify=false", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=3600,
+        f"data.root={cifar_root}",
+        "data.verify=false",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_summary(run_dir)["metrics"]

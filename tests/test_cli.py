@@ -41,13 +41,15 @@ def test_help_lists_the_config_groups(tmp_path: Path) -> None:
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
-    result = run_cli("vae_lab.train", "--cfg", "job", "objective.n_samples=5", "data.batch_size=20", cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "vae_lab.train", "--cfg", "job", "objective.n_samples=5", "data.batch_size=20", cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["objective"]["n_samples"] == 5 and config["objective"]["kl_weight"] == 1.0
     assert config["data"]["batch_size"] == 20 and config["optimizer"]["lr"] == 1e-3
     assert config["model"]["latent_dim"] == 50 and config["model"]["encoder"]["hidden_sizes"] == [200, 200]
-    assert config["likelihood"]["_target_"] == "vae_lab.likelihoods.BernoulliLikelihood"
+    assert config["likelihood"]["_target_"] == "vae_lab.model.likelihoods.BernoulliLikelihood"
     assert config["logger"]["wandb"]["mode"] == "auto" and config["seed"] == 0
     assert not list(tmp_path.iterdir())
 
@@ -57,12 +59,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built from a copy of the source tree, so no build/ folder is left in (or reused from) the repo."""
     out = tmp_path_factory.mktemp("wheel")
     source = out / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", "outputs", "multirun", "wandb", "lightning_logs"
-    ))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", "outputs", "multirun", "wandb", "lightning_logs"
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (built,) = out.glob("vae_lab-*.whl")
     return built
@@ -85,18 +93,30 @@ def test_plain_install_runs_from_another_directory(wheel: Path, tmp_path: Path) 
     elsewhere.mkdir()
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     env = {"PYTHONPATH": str(target)}
     check = subprocess.run(
-        [sys.executable, "-c", "import vae_lab, vae_lab.build, vae_lab.train, vae_lab.wandb_offline; print(vae_lab.__file__)"],
-        cwd=elsewhere, capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+        [
+            sys.executable,
+            "-c",
+            "import vae_lab, vae_lab.model.build, vae_lab.train, wandb_offline; print(vae_lab.__file__)",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(target))
-    result = run_cli("vae_lab.train", "--cfg", "job", "data=cifar", "likelihood=gaussian", cwd=elsewhere, timeout=120, env=env)
+    result = run_cli(
+        "vae_lab.train", "--cfg", "job", "data=cifar", "likelihood=gaussian", cwd=elsewhere, timeout=120, env=env
+    )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["data"]["_target_"] == "vae_lab.data.CIFAR10DataModule"
-    assert config["model"]["encoder"]["_target_"] == "vae_lab.networks.ConvEncoder"
+    assert config["model"]["encoder"]["_target_"] == "vae_lab.model.networks.ConvEncoder"
     assert not list(elsewhere.iterdir())

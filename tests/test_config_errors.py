@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY, compose_config, run_cli
 
-from vae_lab.build import build_datamodule
 from vae_lab.data.cifar import FOLDER as CIFAR_FOLDER
 from vae_lab.data.cifar import TEST_BATCH, TRAIN_BATCHES
 from vae_lab.data.mnist import RAW_FILES
 from vae_lab.errors import ConfigError, DataNotFoundError
+from vae_lab.model.build import build_datamodule
 
 
 def assert_refused_before_work(result, run_dir: Path) -> None:
@@ -47,8 +47,14 @@ def test_missing_cifar_names_every_file(tmp_path: Path) -> None:
 def test_bernoulli_on_grey_pixels_is_refused_with_the_fix(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, "logger=wandb", "likelihood=bernoulli", "data.binarization=none",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=120,
+        "vae_lab.train",
+        *TINY,
+        "logger=wandb",
+        "likelihood=bernoulli",
+        "data.binarization=none",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=120,
     )
     assert_refused_before_work(result, run_dir)
     message = result.stderr
@@ -64,7 +70,9 @@ def test_gaussian_on_binarized_pixels_is_refused(data_root: Path) -> None:
 
 
 def test_misspelt_choice_lists_the_valid_ones(tmp_path: Path) -> None:
-    result = run_cli("vae_lab.train", "likelihood=gausian", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "vae_lab.train", "likelihood=gausian", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120
+    )
     assert result.returncode != 0
     assert "gausian" in result.stderr
     assert "bernoulli" in result.stderr and "gaussian" in result.stderr

@@ -1,6 +1,6 @@
 """Invalid configs are refused before any work, with the field, the bad value and what is allowed.
 
-The table runs in-process through Hydra's compose API and :func:`vae_lab.config_schema.validate_config`
+The table runs in-process through Hydra's compose API and :func:`vae_lab.run.settings.validate_config`
 (the function ``train`` calls first); three cases go through the real CLI to show the end-to-end path:
 exit status 2, the message, and no training output.
 """
@@ -14,8 +14,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from tests.conftest import REPO, TINY, run_cli
-from vae_lab.config_schema import find_problems, validate_config
 from vae_lab.errors import ConfigError
+from vae_lab.run.settings import find_problems, validate_config
 
 
 def composed(*overrides: str):
@@ -36,14 +36,24 @@ INVALID = [
     (["+data.shuffle=false"], "data.shuffle", "False", "Valid keys: batch_size, binarization"),
     (["data.download=maybe"], "data.download", "maybe", "expected bool"),
     # likelihood
-    (["likelihood=gaussian", "likelihood.variance=learned"], "likelihood.variance", "learned", "one of fixed, per_channel, per_pixel"),
+    (
+        ["likelihood=gaussian", "likelihood.variance=learned"],
+        "likelihood.variance",
+        "learned",
+        "one of fixed, per_channel, per_pixel",
+    ),
     (["likelihood=gaussian", "likelihood.fixed_sigma=0"], "likelihood.fixed_sigma", "0", "> 0"),
     (["likelihood=gaussian", "likelihood.min_sigma=-0.001"], "likelihood.min_sigma", "-0.001", "> 0"),
     (["+likelihood.temperature=2"], "likelihood.temperature", "2", "It takes no keys"),
     (["+likelihood.channels=3"], "likelihood.channels", "3", "set by vae_lab itself"),
     # prior
-    (["+prior.scale=2"], "prior.scale", "2", "unknown key for vae_lab.priors.StandardNormalPrior"),
-    (["prior._target_=vae_lab.priors.NoSuchPrior"], "prior._target_", "vae_lab.priors.NoSuchPrior", "cannot be imported"),
+    (["+prior.scale=2"], "prior.scale", "2", "unknown key for vae_lab.model.priors.StandardNormalPrior"),
+    (
+        ["prior._target_=vae_lab.model.priors.NoSuchPrior"],
+        "prior._target_",
+        "vae_lab.model.priors.NoSuchPrior",
+        "cannot be imported",
+    ),
     # model
     (["model.latent_dim=0"], "model.latent_dim", "0", ">= 1"),
     (["model.initialize_output_bias=maybe"], "model.initialize_output_bias", "maybe", "one of True, False, auto"),
@@ -57,7 +67,9 @@ INVALID = [
     (["objective.n_samples=0"], "objective.n_samples", "0", ">= 1"),
     (["objective.n_samples=2.5"], "objective.n_samples", "2.5", "expected int"),
     (
-        ["+objective.k=0"], "objective.k", "0",
+        ["+objective.k=0"],
+        "objective.k",
+        "0",
         "Valid keys: capacity, free_bits, gradient, kl, kl_weight, n_samples, warmup",
     ),
     (["objective.kl=exact"], "objective.kl", "exact", "one of auto, analytic, mc"),
@@ -70,7 +82,12 @@ INVALID = [
     (["trainer.devices=0"], "trainer.devices", "0", ">= 1, 'auto'"),
     # logger
     (["logger.wandb.mode=sometimes"], "logger.wandb.mode", "sometimes", "one of auto, online, offline"),
-    (["+logger.wandb.colour=red"], "logger.wandb.colour", "red", "Valid keys: entity, group, images_every_n_epochs, init_timeout"),
+    (
+        ["+logger.wandb.colour=red"],
+        "logger.wandb.colour",
+        "red",
+        "Valid keys: entity, group, images_every_n_epochs, init_timeout",
+    ),
     (["logger.wandb.tags=oops"], "logger.wandb.tags", "oops", "expected a list of str"),
     (["logger.wandb.init_timeout=0"], "logger.wandb.init_timeout", "0", "> 0"),
     # optimizer
@@ -92,9 +109,17 @@ GROUPS_COVERED = {case[1].split(".")[0] if "." in case[1] else "top-level" for c
 
 def test_the_table_covers_every_group() -> None:
     assert len(INVALID) >= 30
-    assert GROUPS_COVERED == {
-        "data", "likelihood", "prior", "model", "objective", "trainer", "logger", "optimizer", "top-level"
-    }
+    assert {
+        "data",
+        "likelihood",
+        "prior",
+        "model",
+        "objective",
+        "trainer",
+        "logger",
+        "optimizer",
+        "top-level",
+    } == GROUPS_COVERED
 
 
 @pytest.mark.parametrize(("overrides", "field", "value", "allowed"), INVALID, ids=[" ".join(c[0]) for c in INVALID])
@@ -126,8 +151,18 @@ def test_every_problem_is_listed_at_once() -> None:
             ["bernoulli", "gaussian"], ["mlp", "conv"], ["mnist", "cifar"], ["wandb", "csv", "none"]
         )
     ]
-    + [TINY, ["optimizer._target_=torch.optim.SGD", "+optimizer.momentum=0.9", "trainer.max_epochs=-1",
-              "trainer.precision=bf16-mixed", "trainer.devices=auto", "data.train_subset=100", "data.batch_size=100"]],
+    + [
+        TINY,
+        [
+            "optimizer._target_=torch.optim.SGD",
+            "+optimizer.momentum=0.9",
+            "trainer.max_epochs=-1",
+            "trainer.precision=bf16-mixed",
+            "trainer.devices=auto",
+            "data.train_subset=100",
+            "data.batch_size=100",
+        ],
+    ],
     ids=lambda overrides: " ".join(overrides),
 )
 def test_valid_configs_pass(overrides: list[str]) -> None:
@@ -162,7 +197,10 @@ def test_every_shipped_config_passes(overrides: list[str]) -> None:
     ("overrides", "expected"),
     [
         (["objective.kl_weight=-1"], "objective.kl_weight=-1: not allowed; must be >= 0."),
-        (["data.batch_size=100000"], "data.batch_size=100000: not allowed; must be <= 500, the number of training images"),
+        (
+            ["data.batch_size=100000"],
+            "data.batch_size=100000: not allowed; must be <= 500, the number of training images",
+        ),
         (["+trainer.max_epoch=3"], "trainer.max_epoch=3: unknown key for lightning.Trainer. Did you mean max_epochs?"),
     ],
 )
@@ -170,7 +208,11 @@ def test_cli_refuses_invalid_config_before_loading_data(tmp_path: Path, override
     """The data root does not even exist: the config error comes first, and nothing is written."""
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
         env={"VAE_LAB_DATA": str(tmp_path / "no-data-here")},
     )
     assert result.returncode == 2, result.stderr[-2000:]

@@ -1,7 +1,7 @@
 """Issue 15: what the terminal and the wandb dashboard show, read back from real runs.
 
 One tiny real CLI training (2 epochs, wandb offline, images every epoch, the checkpoint artifact
-asked for), its offline wandb run read back from disk (vae_lab.wandb_offline), a real
+asked for), its offline wandb run read back from disk (wandb_offline), a real
 ``vae_lab.evaluate`` of it, and a real 2 x 2 offline multirun with its dashboard."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import TINY, run_cli
+from wandb_offline import find_offline_runs, read_offline_run
 
-from vae_lab.wandb_offline import find_offline_runs, read_offline_run
-from vae_lab.wandb_run import IMAGE_KEYS, KL_PER_DIM_KEY
+from vae_lab.tracking.wandb_run import IMAGE_KEYS, KL_PER_DIM_KEY
 
 WATCHED = [o for o in TINY if not o.startswith(("logger=", "trainer.max_epochs="))] + [
     "trainer.max_epochs=2",
@@ -42,8 +42,12 @@ def watched(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
     training_run = read_offline_run(training)
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluated = run_cli(
-        "vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=10", "n_test_images=100",
-        cwd=run_dir.parent, env=OFFLINE_ENV,
+        "vae_lab.evaluate",
+        f"run_dir={run_dir}",
+        "n_importance_samples=10",
+        "n_test_images=100",
+        cwd=run_dir.parent,
+        env=OFFLINE_ENV,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     return SimpleNamespace(run_dir=run_dir, result=result, run=training_run, summary=summary, evaluated=evaluated)
@@ -159,8 +163,14 @@ def test_console_shows_progress_once_and_train_log_holds_vae_lab_messages(watche
     # the importance-sampled evaluation reports its rate and the time left
     assert re.search(r"vae_lab\.evaluate: 200/200 test images \([\d.]+/s, ", stdout)
     train_log = (watched.run_dir / "train.log").read_text()
-    messages = ("vae_lab: run dir", "epoch 2/2 done in", "vae_lab.evaluate: 200/200 test images", "vae_lab: outputs in",
-                "wandb: no API key found", "GPU available: False")
+    messages = (
+        "vae_lab: run dir",
+        "epoch 2/2 done in",
+        "vae_lab.evaluate: 200/200 test images",
+        "vae_lab: outputs in",
+        "wandb: no API key found",
+        "GPU available: False",
+    )
     for text in messages:
         assert sum(text in line for line in train_log.splitlines()) == 1, text
 
@@ -172,9 +182,16 @@ def sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("dashboard") / "sweep"
     common = [o for o in TINY if not o.startswith(("logger=", "data.batch_size=", "trainer.max_epochs="))]
     result = run_cli(
-        "vae_lab.train", "-m", "likelihood=bernoulli,continuous_bernoulli", "data.batch_size=50,100", *common,
-        "trainer.max_epochs=2", "logger.wandb.images_every_n_epochs=1", f"hydra.sweep.dir={sweep_dir}",
-        cwd=sweep_dir.parent, env=OFFLINE_ENV,
+        "vae_lab.train",
+        "-m",
+        "likelihood=bernoulli,continuous_bernoulli",
+        "data.batch_size=50,100",
+        *common,
+        "trainer.max_epochs=2",
+        "logger.wandb.images_every_n_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=sweep_dir.parent,
+        env=OFFLINE_ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir
@@ -235,8 +252,14 @@ def test_evaluate_run_of_a_sweep_job_is_in_the_sweeps_group(sweep: Path) -> None
     job_dir = sweep / "0"
     (training,) = [read_offline_run(path) for path in find_offline_runs(job_dir)]
     assert training.group and json.loads((job_dir / "summary.json").read_text())["wandb"]["group"] == training.group
-    result = run_cli("vae_lab.evaluate", f"run_dir={job_dir}", "n_importance_samples=5", "n_test_images=50",
-                     cwd=sweep.parent, env=OFFLINE_ENV)
+    result = run_cli(
+        "vae_lab.evaluate",
+        f"run_dir={job_dir}",
+        "n_importance_samples=5",
+        "n_test_images=50",
+        cwd=sweep.parent,
+        env=OFFLINE_ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [read_offline_run(path) for path in find_offline_runs(job_dir)]
     (evaluation,) = [run for run in runs if run.run_id != training.run_id]
@@ -248,8 +271,9 @@ def test_report_table_run_is_in_the_sweeps_group(sweep: Path, tmp_path: Path) ->
     """The jobs' config names no group (vae_lab gives a multirun its own, in .wandb_group): the
     report's run goes to that group, not to one named after its output directory."""
     group = (sweep / ".wandb_group").read_text().strip()
-    result = run_cli("vae_lab.report", str(sweep), "--output-dir", str(tmp_path / "report"), cwd=sweep.parent,
-                     env=OFFLINE_ENV)
+    result = run_cli(
+        "vae_lab.report", str(sweep), "--output-dir", str(tmp_path / "report"), cwd=sweep.parent, env=OFFLINE_ENV
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (report,) = [read_offline_run(path) for path in find_offline_runs(tmp_path / "report")]
     assert report.job_type == "report" and report.group == group

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY, compose_config, run_cli
 
-from vae_lab.build import build_datamodule, build_model
 from vae_lab.data import CIFAR10DataModule, MNISTDataModule
 from vae_lab.data.mnist import RAW_FILES
 from vae_lab.errors import ConfigError, DataNotFoundError, VaeLabError
+from vae_lab.model.build import build_datamodule, build_model
 
 #: md5 of the official uncompressed files (shared/data/README.md), to check what a download wrote.
 OFFICIAL_MD5 = {
@@ -93,8 +93,13 @@ def test_download_fills_an_empty_root_from_a_mirror_then_trains(data_root: Path,
     root.mkdir()
     with serving(mirror) as (url, requested):
         result = run_cli(
-            "vae_lab.train", *TINY, f"data.root={root}", "data.download=true", f"data.mirror={url}",
-            f"hydra.run.dir={run_dir}", cwd=tmp_path,
+            "vae_lab.train",
+            *TINY,
+            f"data.root={root}",
+            "data.download=true",
+            f"data.mirror={url}",
+            f"hydra.run.dir={run_dir}",
+            cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {f"/{archive}" for archive in ARCHIVES} <= {path for path, status in requested if status == "200"}
@@ -152,8 +157,14 @@ def test_no_network_is_one_clear_error_and_nothing_is_written(tmp_path: Path) ->
     root.mkdir()
     mirror = f"http://127.0.0.1:{closed_port()}/"
     result = run_cli(
-        "vae_lab.train", *TINY, f"data.root={root}", "data.download=true", f"data.mirror={mirror}",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=300,
+        "vae_lab.train",
+        *TINY,
+        f"data.root={root}",
+        "data.download=true",
+        f"data.mirror={mirror}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert_refused_before_training(result, run_dir)
     message = result.stderr
@@ -192,7 +203,7 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path: Path
 
 
 def test_mirror_must_be_a_url() -> None:
-    from vae_lab.config_schema import validate_config
+    from vae_lab.run.settings import validate_config
 
     with pytest.raises(ConfigError, match=r"data.mirror=mirror.internal/mnist: .*a base URL, http://"):
         validate_config(compose_config("data.mirror=mirror.internal/mnist"))
@@ -212,36 +223,44 @@ def flip_one_pixel(data: bytes) -> bytes:
 #: kind -> (damaged file, its bytes made from the real raw folder, phrases the message must hold).
 DAMAGE: dict[str, tuple[str, Callable[[Path], bytes | Path], list[str]]] = {
     "truncated": (
-        "train-images-idx3-ubyte", lambda raw: (raw / "train-images-idx3-ubyte").read_bytes()[:1_000_000],
+        "train-images-idx3-ubyte",
+        lambda raw: (raw / "train-images-idx3-ubyte").read_bytes()[:1_000_000],
         ["1,000,000 bytes", "60,000 images (47,040,016 bytes)", "truncated"],
     ),
     "wrong magic": (
-        "train-images-idx3-ubyte", lambda raw: b"JUNK" + (raw / "train-images-idx3-ubyte").read_bytes()[4:100],
+        "train-images-idx3-ubyte",
+        lambda raw: b"JUNK" + (raw / "train-images-idx3-ubyte").read_bytes()[4:100],
         ["does not start with the IDX magic number of MNIST images (0x00000803", "0x4a554e4b"],
     ),
     "empty": ("t10k-labels-idx1-ubyte", lambda raw: b"", ["is empty (0 bytes)"]),
     "labels file in place of images": (
-        "t10k-images-idx3-ubyte", lambda raw: (raw / "t10k-labels-idx1-ubyte").read_bytes(),
+        "t10k-images-idx3-ubyte",
+        lambda raw: (raw / "t10k-labels-idx1-ubyte").read_bytes(),
         ["is an IDX labels file (magic number 0x00000801), not MNIST images"],
     ),
     "images file in place of labels": (
-        "train-labels-idx1-ubyte", lambda raw: (raw / "t10k-images-idx3-ubyte").read_bytes(),
+        "train-labels-idx1-ubyte",
+        lambda raw: (raw / "t10k-images-idx3-ubyte").read_bytes(),
         ["is an IDX images file (magic number 0x00000803), not MNIST labels"],
     ),
     "wrong image count": (
-        "t10k-images-idx3-ubyte", lambda raw: header(9_999) + (raw / "t10k-images-idx3-ubyte").read_bytes()[16:-784],
+        "t10k-images-idx3-ubyte",
+        lambda raw: header(9_999) + (raw / "t10k-images-idx3-ubyte").read_bytes()[16:-784],
         ["holds 9,999 images; the official file has 10,000", "data.verify=false"],
     ),
     "the 60,000-image training file as the test set": (
-        "t10k-images-idx3-ubyte", lambda raw: raw / "train-images-idx3-ubyte",
+        "t10k-images-idx3-ubyte",
+        lambda raw: raw / "train-images-idx3-ubyte",
         ["holds 60,000 images; the official file has 10,000", "are the files swapped?"],
     ),
     "wrong md5 with the right size": (
-        "t10k-images-idx3-ubyte", lambda raw: flip_one_pixel((raw / "t10k-images-idx3-ubyte").read_bytes()),
+        "t10k-images-idx3-ubyte",
+        lambda raw: flip_one_pixel((raw / "t10k-images-idx3-ubyte").read_bytes()),
         ["has the size of the official file but not its content", "official 2646ac647ad5339dbf082846283269ea"],
     ),
     "still gzip-compressed": (
-        "t10k-labels-idx1-ubyte", lambda raw: (raw / "t10k-labels-idx1-ubyte.gz").read_bytes(),
+        "t10k-labels-idx1-ubyte",
+        lambda raw: (raw / "t10k-labels-idx1-ubyte.gz").read_bytes(),
         ["is gzip-compressed", "gunzip"],
     ),
     "images of the wrong shape": (
@@ -250,7 +269,8 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], bytes | Path], list[str]]] = {
         ["holds images of 56x14 pixels, not MNIST's 28x28"],
     ),
     "bytes beyond the header's count": (
-        "train-labels-idx1-ubyte", lambda raw: (raw / "train-labels-idx1-ubyte").read_bytes() + bytes(10),
+        "train-labels-idx1-ubyte",
+        lambda raw: (raw / "train-labels-idx1-ubyte").read_bytes() + bytes(10),
         ["60,018 bytes", "10 bytes too many"],
     ),
 }

@@ -6,13 +6,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-
 from conftest import quiet_trainer
+
 from vae_lab.data import MNISTDataModule
 from vae_lab.data.base import binarize, dequantize
 from vae_lab.data.batches import InMemoryBatches, shard_indices
 from vae_lab.data.dataloader import EpochShardSampler
-from vae_lab.data_forms import DataForm
+from vae_lab.data.forms import DataForm
 
 EPOCHS = 3
 #: (data form, binarization): every transform the training loader can apply.

@@ -1,4 +1,4 @@
-"""ELBO surgery and the inference gaps (vae_lab.decompositions) on a linear-Gaussian model, where
+"""ELBO surgery and the inference gaps (vae_lab.evaluation.decompositions) on a linear-Gaussian model, where
 everything is known in closed form: z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I), so that
 p(z|x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1 and, for the exact posterior,
 I(x; z) = 1/2 log det(I + W^T W / s^2)."""
@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from conftest import TINY, run_cli
-from vae_lab.decompositions import InferenceGapSettings, elbo_surgery, inference_gaps
 from vae_lab.errors import ConfigError
-from vae_lab.evaluation import EvaluationSettings
-
+from vae_lab.evaluation.decompositions import InferenceGapSettings, elbo_surgery, inference_gaps
+from vae_lab.evaluation.importance_sampling import EvaluationSettings
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +37,7 @@ class StandardNormalPrior:
 
 
 class LinearGaussian(nn.Module):
-    """The linear-Gaussian model with the model interface vae_lab.decompositions uses (posterior,
+    """The linear-Gaussian model with the model interface vae_lab.evaluation.decompositions uses (posterior,
     observation_model, prior, kl_divergence); ``encoder`` maps x to the (mean, std) of a diagonal q."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, noise: float, encoder: str = "exact") -> None:
@@ -186,8 +185,14 @@ def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Pa
     run_dir = tmp_path / "run"
     gap_settings = ["n_images=40", "steps=100", "lr=0.02", "n_samples=4"]
     trained = run_cli(
-        "vae_lab.train", *TINY, "eval.n_importance_samples=100", "eval.n_test_images=300", "eval.surgery.n_samples=4",
-        *(f"eval.inference_gap.{setting}" for setting in gap_settings), "threads=1", f"hydra.run.dir={run_dir}",
+        "vae_lab.train",
+        *TINY,
+        "eval.n_importance_samples=100",
+        "eval.n_test_images=300",
+        "eval.surgery.n_samples=4",
+        *(f"eval.inference_gap.{setting}" for setting in gap_settings),
+        "threads=1",
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -201,8 +206,14 @@ def test_surgery_and_gaps_of_a_trained_mnist_model(tmp_path: Path, data_root: Pa
     with (run_dir / "metrics.csv").open() as file:  # logged like the other test metrics
         assert "test/marginal_kl" in file.readline()
     evaluated = run_cli(
-        "vae_lab.evaluate", f"run_dir={run_dir}", "n_importance_samples=100", "n_test_images=40", "surgery.n_samples=4",
-        *(f"inference_gap.{setting}" for setting in gap_settings), "threads=1", cwd=tmp_path,
+        "vae_lab.evaluate",
+        f"run_dir={run_dir}",
+        "n_importance_samples=100",
+        "n_test_images=40",
+        "surgery.n_samples=4",
+        *(f"inference_gap.{setting}" for setting in gap_settings),
+        "threads=1",
+        cwd=tmp_path,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     after = json.loads((run_dir / "summary.json").read_text())
@@ -241,13 +252,21 @@ def test_report_of_a_beta_multirun_draws_the_rate_distortion_plane_and_collapse_
     import numpy as np
     from PIL import Image
 
-    from vae_lab.collapse import kl_history
+    from vae_lab.evaluation.collapse import kl_history
 
     sweep_dir = tmp_path / "beta"
     overrides = [o for o in TINY if not o.startswith(("logger=", "trainer.max_epochs="))]
     multirun = run_cli(
-        "vae_lab.train", "-m", "objective.kl_weight=0.5,2.0", *overrides, "trainer.max_epochs=2", "logger=wandb",
-        "threads=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env={"WANDB_MODE": "offline"},
+        "vae_lab.train",
+        "-m",
+        "objective.kl_weight=0.5,2.0",
+        *overrides,
+        "trainer.max_epochs=2",
+        "logger=wandb",
+        "threads=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline"},
     )
     assert multirun.returncode == 0, multirun.stderr[-3000:]
     for job in ("0", "1"):
@@ -277,8 +296,13 @@ def test_report_of_a_beta_multirun_draws_the_rate_distortion_plane_and_collapse_
 def test_bad_decomposition_settings_are_refused_before_training(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, "eval.inference_gap.steps=0", "eval.surgery.n_samples=-1", "eval.inference_gap.lr=0",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        "eval.inference_gap.steps=0",
+        "eval.surgery.n_samples=-1",
+        "eval.inference_gap.lr=0",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     for problem in ("eval.surgery.n_samples=-1", "eval.inference_gap.steps=0", "eval.inference_gap.lr=0"):
@@ -290,8 +314,9 @@ def test_surgery_and_gaps_with_a_mixture_prior(data_root: Path) -> None:
     """With the VampPrior (no closed-form KL: the model's Monte Carlo KL), ELBO surgery's parts still add
     up to the average KL and the gaps are measured (an untrained model on real MNIST test images)."""
     from conftest import compose_config
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.evaluation import evaluate
+
+    from vae_lab.evaluation.importance_sampling import evaluate
+    from vae_lab.model.build import build_datamodule, build_model
 
     torch.set_default_dtype(torch.float32)  # a real model, as vae_lab builds it (the fixture restores the default)
     cfg = compose_config("data.train_subset=500", "data.val_size=500", "prior=vamp", f"data.root={data_root}")

@@ -17,8 +17,7 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 from omegaconf import OmegaConf
-
-from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+from wandb_offline import find_offline_runs, read_offline_run
 
 DDP_TIMEOUT = 400
 #: TINY with the wandb tracker (offline: the tests have no API key), without the importance-sampled evaluation.
@@ -50,7 +49,7 @@ def shard_records(run_dir: Path) -> dict[int, dict]:
 def full_validation_kl(run_dir: Path) -> tuple[float, float]:
     """KL(q(z|x) || p(z)) of the best checkpoint, analytic (no sampling), averaged over the whole
     validation set and over rank 0's half of it."""
-    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.model.build import build_datamodule, build_model
 
     cfg = OmegaConf.create(summary_of(run_dir)["config"])
     datamodule = build_datamodule(cfg)
@@ -68,8 +67,13 @@ def full_validation_kl(run_dir: Path) -> tuple[float, float]:
 def test_ddp_cpu_single_run_shards_reduces_and_writes_once(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY_WANDB, "trainer=ddp_cpu", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path, timeout=DDP_TIMEOUT, env={"VAE_LAB_RECORD_SHARDS": "1"},
+        "vae_lab.train",
+        *TINY_WANDB,
+        "trainer=ddp_cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=DDP_TIMEOUT,
+        env={"VAE_LAB_RECORD_SHARDS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # Rank 1 ran in the job's own directory: no second output dir anywhere.
@@ -100,8 +104,14 @@ def test_ddp_cpu_single_run_shards_reduces_and_writes_once(data_root: Path, tmp_
 def test_ddp_cpu_multirun_two_jobs_one_sweep(data_root: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        "vae_lab.train", "-m", *TINY_WANDB, "trainer=ddp_cpu", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path, timeout=2 * DDP_TIMEOUT,
+        "vae_lab.train",
+        "-m",
+        *TINY_WANDB,
+        "trainer=ddp_cpu",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        timeout=2 * DDP_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # Exactly one sweep directory: the ranks did not re-run the sweep.
@@ -127,7 +137,7 @@ def test_gpu_leases_are_exclusive_per_process(tmp_path: Path) -> None:
     two GPUs when one is left is refused with the fix."""
     script = (
         "import os, sys, time\n"
-        "from vae_lab.devices import lease_gpus\n"
+        "from vae_lab.run.devices import lease_gpus\n"
         "lease = lease_gpus(int(sys.argv[1]))\n"
         "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
         "time.sleep(float(sys.argv[2]))\n"
@@ -145,7 +155,9 @@ def test_gpu_leases_are_exclusive_per_process(tmp_path: Path) -> None:
         )
         assert refused.returncode != 0
         assert "only 1 of the 3 visible GPUs are free" in refused.stderr and "hydra.launcher.n_jobs" in refused.stderr
-        last = subprocess.run([sys.executable, "-c", script, "1", "0"], env=env, capture_output=True, text=True, timeout=120)
+        last = subprocess.run(
+            [sys.executable, "-c", script, "1", "0"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert last.stdout.strip() == ({"3", "5", "7"} - set(held)).pop()
     finally:
         for holder in holders:

@@ -11,24 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 from torch.distributions import MultivariateNormal
 
-from conftest import TINY, run_cli
 from vae_lab.errors import CheckpointError
 from vae_lab.evaluate import load_weights
-from vae_lab.evaluation import (
+from vae_lab.evaluation.importance_sampling import (
     EvaluationSettings,
     active_units,
     draw_latents,
     evaluate,
     importance_sampled_terms,
 )
-from vae_lab.likelihoods import GaussianLikelihood
-from vae_lab.module import VAE
-from vae_lab.networks import MLPDecoder, MLPEncoder
-from vae_lab.networks.base import LOG_VARIANCE_BOUND
-from vae_lab.objectives import ELBO
-from vae_lab.priors import StandardNormalPrior
+from vae_lab.model.likelihoods import GaussianLikelihood
+from vae_lab.model.networks import MLPDecoder, MLPEncoder
+from vae_lab.model.networks.base import LOG_VARIANCE_BOUND
+from vae_lab.model.objectives import ELBO
+from vae_lab.model.priors import StandardNormalPrior
+from vae_lab.model.vae import VAE
 
 # ---------------------------------------------------------------- probabilistic PCA
 # z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I_3): log p(x) = log N(x; b, W W^T + s^2 I) (Tipping & Bishop 1999).
@@ -54,7 +54,7 @@ def linear_gaussian_vae(mean_error: float = 0.3, variance_factor: float = 1.6, w
         encoder.mean.weight.copy_(posterior_mean_map)
         encoder.mean.bias.copy_(-posterior_mean_map @ B + mean_error)
         encoder.log_variance.weight.zero_()
-        # The encoder bounds log sigma^2 = B tanh(raw / B) (vae_lab.networks.base): invert it exactly.
+        # The encoder bounds log sigma^2 = B tanh(raw / B) (vae_lab.model.networks.base): invert it exactly.
         log_variance = torch.log(variance_factor * posterior_covariance.diagonal())
         encoder.log_variance.bias.copy_(LOG_VARIANCE_BOUND * torch.atanh(log_variance / LOG_VARIANCE_BOUND))
     model = VAE(
@@ -70,7 +70,9 @@ def linear_gaussian_vae(mean_error: float = 0.3, variance_factor: float = 1.6, w
 
 
 def exact_log_likelihood(x: torch.Tensor, weight: torch.Tensor = W) -> torch.Tensor:
-    marginal = MultivariateNormal(B, covariance_matrix=weight @ weight.T + SIGMA**2 * torch.eye(DIMS, dtype=torch.float64))
+    marginal = MultivariateNormal(
+        B, covariance_matrix=weight @ weight.T + SIGMA**2 * torch.eye(DIMS, dtype=torch.float64)
+    )
     return marginal.log_prob(x.reshape(-1, DIMS))
 
 
@@ -157,7 +159,7 @@ def test_latents_are_drawn_from_the_seeded_generator_for_any_posterior() -> None
 
 
 def test_chunk_plan_follows_the_memory_budget() -> None:
-    from vae_lab.evaluation import plan_chunks
+    from vae_lab.evaluation.importance_sampling import plan_chunks
 
     model = linear_gaussian_vae()
     small = plan_chunks(model, 10_000, EvaluationSettings(n_importance_samples=5000, memory_budget_mb=1))
@@ -238,7 +240,13 @@ def test_training_ends_with_the_evaluation_in_summary_and_wandb(trained_run: Pat
 def test_evaluate_command_updates_summary_and_is_repeatable(trained_run: Path, data_root: Path) -> None:
     summary_path = trained_run / "summary.json"
     before = json.loads(summary_path.read_text())
-    command = ["vae_lab.evaluate", f"run_dir={trained_run}", "n_importance_samples=50", f"data_root={data_root}", "threads=1"]
+    command = [
+        "vae_lab.evaluate",
+        f"run_dir={trained_run}",
+        "n_importance_samples=50",
+        f"data_root={data_root}",
+        "threads=1",
+    ]
     first = run_cli(*command, cwd=trained_run.parent)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "test/nll_is" in first.stdout

@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.lr_schedules import StagedDecayLR, stage_of_epoch, staged_schedule_epochs
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.lr_schedules import StagedDecayLR, stage_of_epoch, staged_schedule_epochs
 
 EXPERIMENTS = sorted(path.stem for path in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
 
@@ -26,7 +26,13 @@ def compose_experiment(name: str, schedule: str, data_root: Path, *overrides: st
 
 def test_every_experiment_is_listed() -> None:
     assert {
-        "iwae_vae_k1", "iwae_vae_k5", "iwae_k5", "iwae_k50", "vampprior", "vampprior_standard", "kingma_welling",
+        "iwae_vae_k1",
+        "iwae_vae_k5",
+        "iwae_k5",
+        "iwae_k50",
+        "vampprior",
+        "vampprior_standard",
+        "kingma_welling",
         "inference_gap",
     } == set(EXPERIMENTS)
 

@@ -13,7 +13,7 @@
 - Ctrl-C (and SIGTERM) during start-up.
 
 Every signal is sent at a point of the run's own progress, never after a delay: the run is asked to
-wait at a named point (``VAE_LAB_PAUSE_AT``, vae_lab.pause_points), says so on stderr, and the test
+wait at a named point (``VAE_LAB_PAUSE_AT``, vae_lab.run.pause_points), says so on stderr, and the test
 sends the signal when it reads that line. So the signal lands at the same step on any machine,
 however fast or busy.
 """
@@ -38,13 +38,13 @@ import torch
 from hydra import compose, initialize_config_module
 
 from tests.conftest import TINY, run_cli
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.checkpoint_io import AtomicCheckpointIO
-from vae_lab.checkpoints import check_checkpoint, checkpoint_callbacks, load_checkpoint
 from vae_lab.errors import CheckpointError, ConfigError, NumericalError
 from vae_lab.files import check_writable_directory
-from vae_lab.finite_guard import NonFiniteGuard
-from vae_lab.pause_points import PAUSE_VARIABLE
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.run.checkpoint_io import AtomicCheckpointIO
+from vae_lab.run.checkpoints import check_checkpoint, checkpoint_callbacks, load_checkpoint
+from vae_lab.run.finite_guard import NonFiniteGuard
+from vae_lab.run.pause_points import PAUSE_VARIABLE
 
 QUIET = ["+trainer.enable_progress_bar=false"]
 
@@ -77,7 +77,10 @@ def fit_with_nan_from_decoder(tmp_path: Path, data_root: Path, nan_at_step: int,
     model.decoder.register_forward_hook(nan_at_step_n)
     guard = [NonFiniteGuard(check_every)] if check_every else []
     trainer = hydra.utils.instantiate(  # as train() builds it
-        cfg.trainer, logger=False, callbacks=[*checkpoint_callbacks(tmp_path), *guard], plugins=[AtomicCheckpointIO()],
+        cfg.trainer,
+        logger=False,
+        callbacks=[*checkpoint_callbacks(tmp_path), *guard],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(tmp_path),
     )
     with pytest.raises(NumericalError) as raised:
@@ -126,8 +129,15 @@ def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(t
     step 1, so mu^2 in the KL (and in log p(z)) is inf."""
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "optimizer._target_=torch.optim.SGD", "optimizer.lr=1e30",
-        f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        "logger=wandb",
+        "optimizer._target_=torch.optim.SGD",
+        "optimizer.lr=1e30",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     expected = (
@@ -148,7 +158,7 @@ def test_cli_run_that_diverges_stops_at_the_first_step_and_records_the_failure(t
 def test_gradient_check_sees_one_bad_entry_behind_a_finite_loss(bad_value: float) -> None:
     """The guard's verdict on the gradients is the sum of all their entries: one NaN or infinity
     anywhere makes it non-finite, huge but finite gradients do not."""
-    from vae_lab.finite_guard import gradient_sum
+    from vae_lab.run.finite_guard import gradient_sum
 
     parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(200, 784), (200,), (784, 200)]]
     for parameter in parameters:
@@ -163,8 +173,8 @@ def test_gradient_check_sees_one_bad_entry_behind_a_finite_loss(bad_value: float
 
 
 def test_encoder_log_variance_is_bounded_by_construction() -> None:
-    from vae_lab.networks import MLPEncoder
-    from vae_lab.networks.base import LOG_VARIANCE_BOUND
+    from vae_lab.model.networks import MLPEncoder
+    from vae_lab.model.networks.base import LOG_VARIANCE_BOUND
 
     encoder = MLPEncoder((1, 28, 28), latent_dim=3, hidden_sizes=[8])
     with torch.no_grad():
@@ -181,7 +191,7 @@ def test_encoder_log_variance_is_bounded_by_construction() -> None:
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from vae_lab.checkpoint_io import AtomicCheckpointIO
+    from vae_lab.run.checkpoint_io import AtomicCheckpointIO
 
     path, atomic = sys.argv[1], sys.argv[2] == "atomic"
     weights = {f"layer{i}.weight": torch.empty(2_000_000) for i in range(4)}  # 32 MB per checkpoint
@@ -228,8 +238,9 @@ def write_and_kill(tmp_path: Path, atomic: bool, rng: random.Random) -> tuple[in
         deadline = time.time() + 60  # a guard against a hang, not the moment of the kill
         while time.time() < deadline:
             if atomic:
-                writing = any(temporary_size(p) >= target for p in set(tmp_path.iterdir()) - before
-                              if p.name.endswith(".tmp"))
+                writing = any(
+                    temporary_size(p) >= target for p in set(tmp_path.iterdir()) - before if p.name.endswith(".tmp")
+                )
             else:
                 writing = path.stat().st_size < whole_size
             if writing:
@@ -262,7 +273,9 @@ def test_sigkill_during_a_plain_torch_save_leaves_a_truncated_file_that_is_refus
     check_checkpoint refuses it with a clear message."""
     write_and_kill(tmp_path, atomic=False, rng=random.Random(1))
     # Killed at once after torch.save reopened the file: empty, or a part of the new one.
-    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\): it was truncated|the file is truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError, match=r"is empty \(0 bytes\): it was truncated|the file is truncated or corrupt"
+    ):
         check_checkpoint(tmp_path / "last.ckpt")
 
 
@@ -271,9 +284,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> P
     """A real one-epoch CLI run (its checkpoints are the good files the next tests corrupt)."""
     work = tmp_path_factory.mktemp("finished")
     run_dir = work / "run"
-    result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=work
-    )
+    result = run_cli("vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -292,11 +303,18 @@ def test_truncated_checkpoint_given_to_resume_is_refused(finished_run: Path, tmp
     with last.open("r+b") as file:
         file.truncate(size // 2)
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", f"hydra.run.dir={run_dir}", "resume=true",
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
         cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert f"vae_lab: error: checkpoint {last} ({size // 2} bytes) cannot be read: the file is truncated" in result.stderr
+    assert (
+        f"vae_lab: error: checkpoint {last} ({size // 2} bytes) cannot be read: the file is truncated" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert read_summary(run_dir) == summary  # nothing was trained or overwritten
 
@@ -313,14 +331,18 @@ class NotACheckpoint:
         (lambda path, good: path.write_bytes(good[:-1]), "cannot be read: the file is truncated or corrupt"),
         (lambda path, good: path.write_text("epoch: 3\n"), "cannot be read: the file is truncated or corrupt"),
         (lambda path, good: torch.save(torch.zeros(3), path), "holds a Tensor, not a Lightning checkpoint"),
-        (lambda path, good: torch.save({"model": {"w": torch.zeros(2)}}, path), "is not a Lightning checkpoint: it lacks state_dict"),
-        (lambda path, good: torch.save({"state_dict": {}, "x": NotACheckpoint()}, path), "holds Python objects other than tensors"),
+        (
+            lambda path, good: torch.save({"model": {"w": torch.zeros(2)}}, path),
+            "is not a Lightning checkpoint: it lacks state_dict",
+        ),
+        (
+            lambda path, good: torch.save({"state_dict": {}, "x": NotACheckpoint()}, path),
+            "holds Python objects other than tensors",
+        ),
     ],
     ids=["empty", "first-100-bytes", "last-byte-missing", "text-file", "a-tensor", "foreign-dict", "pickled-object"],
 )
-def test_truncated_or_foreign_checkpoint_is_refused(
-    finished_run: Path, tmp_path: Path, corrupt, expected: str
-) -> None:
+def test_truncated_or_foreign_checkpoint_is_refused(finished_run: Path, tmp_path: Path, corrupt, expected: str) -> None:
     """What resume, the best-checkpoint evaluation and vae_lab.evaluate all call."""
     good = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
     path = tmp_path / "bad.ckpt"
@@ -331,13 +353,17 @@ def test_truncated_or_foreign_checkpoint_is_refused(
     assert expected in str(raised.value)
 
 
-def test_checkpoint_of_another_model_or_with_nan_weights_is_refused(finished_run: Path, tmp_path: Path, data_root: Path) -> None:
+def test_checkpoint_of_another_model_or_with_nan_weights_is_refused(
+    finished_run: Path, tmp_path: Path, data_root: Path
+) -> None:
     last = finished_run / "checkpoints" / "last.ckpt"
     cfg = composed(*TINY, f"data.root={data_root}", "model.latent_dim=20")
     other_model = build_model(cfg, build_datamodule(cfg))
     with pytest.raises(CheckpointError) as raised:
         check_checkpoint(last, other_model)
-    assert "is from another model: encoder.mean.weight has shape [50, 200], the model needs [20, 200]" in str(raised.value)
+    assert "is from another model: encoder.mean.weight has shape [50, 200], the model needs [20, 200]" in str(
+        raised.value
+    )
 
     checkpoint = load_checkpoint(last)
     checkpoint["state_dict"]["decoder.output.bias"][3] = float("inf")
@@ -368,7 +394,9 @@ def read_only_dir(tmp_path: Path):
         yield mount_point
 
 
-def test_read_only_output_dir_is_reported_before_anything_runs(read_only_dir: Path, tmp_path: Path, data_root: Path) -> None:
+def test_read_only_output_dir_is_reported_before_anything_runs(
+    read_only_dir: Path, tmp_path: Path, data_root: Path
+) -> None:
     with pytest.raises(ConfigError, match="Read-only file system"):
         check_writable_directory(read_only_dir)
     result = run_cli(
@@ -388,7 +416,9 @@ def test_file_in_place_of_the_checkpoint_dir_is_reported_before_training(tmp_pat
     (run_dir / "checkpoints").write_text("not a directory")
     result = run_cli("vae_lab.train", *TINY, f"data.root={data_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 2
-    assert f"vae_lab: error: the output directory {run_dir / 'checkpoints'} is not writable (File exists" in result.stderr
+    assert (
+        f"vae_lab: error: the output directory {run_dir / 'checkpoints'} is not writable (File exists" in result.stderr
+    )
     assert not (run_dir / "metrics.csv").exists()  # training never started
     assert (run_dir / "checkpoints").read_text() == "not a directory"
 
@@ -408,8 +438,15 @@ def metrics_csv_columns(run_dir: Path) -> list[str]:
 def test_unreachable_wandb_host_the_run_goes_on_with_local_logs(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "logger.wandb.init_timeout=3", f"data.root={data_root}",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, env=UNREACHABLE_WANDB,
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        "logger=wandb",
+        "logger.wandb.init_timeout=3",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env=UNREACHABLE_WANDB,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vae_lab: wandb failed during wandb.init (CommError" in result.stderr
@@ -426,7 +463,12 @@ def test_full_disk_under_the_wandb_dir_the_run_goes_on(tmp_path: Path, data_root
     run_dir = tmp_path / "run"
     with tmpfs(run_dir / "wandb", "size=16k"):  # room for wandb's first files, not for the images
         result = run_cli(
-            "vae_lab.train", *TINY, *QUIET, "logger=wandb", f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+            "vae_lab.train",
+            *TINY,
+            *QUIET,
+            "logger=wandb",
+            f"data.root={data_root}",
+            f"hydra.run.dir={run_dir}",
             cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -453,8 +495,17 @@ def children_named(pid: int, name: str) -> list[int]:
 
 def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "vae_lab.train", *TINY, *QUIET, "trainer.max_epochs=3", "logger=wandb",
-               f"data.root={data_root}", f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        "trainer.max_epochs=3",
+        "logger=wandb",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+    ]
     run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     # The end of epoch 0: wandb.init is long done and the run has logged to wandb.
@@ -479,10 +530,14 @@ def test_wandb_service_killed_mid_run_the_run_goes_on(tmp_path: Path, data_root:
 @pytest.mark.parametrize(
     ("environment", "expected"),
     [
-        ({"WANDB_API_KEY": "bad", "WANDB_BASE_URL": "http://127.0.0.1:9"},
-         "AuthenticationError: WANDB_API_KEY invalid: API key must have 40+ characters, has 3."),
-        ({"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "WANDB_BASE_URL": "not-a-url"},
-         "invalid wandb setting base_url: Input should be a valid URL"),
+        (
+            {"WANDB_API_KEY": "bad", "WANDB_BASE_URL": "http://127.0.0.1:9"},
+            "AuthenticationError: WANDB_API_KEY invalid: API key must have 40+ characters, has 3.",
+        ),
+        (
+            {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "WANDB_BASE_URL": "not-a-url"},
+            "invalid wandb setting base_url: Input should be a valid URL",
+        ),
     ],
     ids=["bad-key", "bad-base-url"],
 )
@@ -493,8 +548,15 @@ def test_invalid_wandb_key_or_setting_is_recorded_in_words(
     the setting nor the problem."""
     run_dir = tmp_path / "run"
     result = run_cli(
-        "vae_lab.train", *TINY, *QUIET, "logger=wandb", "logger.wandb.init_timeout=3", f"data.root={data_root}",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"WANDB_MODE": "online", **environment},
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        "logger=wandb",
+        "logger.wandb.init_timeout=3",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "online", **environment},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     wandb_status = read_summary(run_dir)["wandb"]
@@ -509,16 +571,25 @@ def test_invalid_wandb_key_or_setting_is_recorded_in_words(
 RUN = [*TINY, "trainer.max_epochs=2", "+eval.images_per_batch=16", *QUIET]
 
 
-def start_run(run_dir: Path, data_root: Path, *overrides: str, pause_at: str | None = None,
-              base: list[str] = RUN) -> subprocess.Popen:
+def start_run(
+    run_dir: Path, data_root: Path, *overrides: str, pause_at: str | None = None, base: list[str] = RUN
+) -> subprocess.Popen:
     """The CLI in a subprocess, stdout and stderr in one pipe; ``pause_at`` names the point where the
-    run waits for a signal (vae_lab.pause_points)."""
-    command = [sys.executable, "-m", "vae_lab.train", *base, f"data.root={data_root}", f"hydra.run.dir={run_dir}",
-               *overrides]
+    run waits for a signal (vae_lab.run.pause_points)."""
+    command = [
+        sys.executable,
+        "-m",
+        "vae_lab.train",
+        *base,
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     env = {**os.environ, **({PAUSE_VARIABLE: pause_at} if pause_at else {})}
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    return subprocess.Popen(
+        command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
 
 def signal_at(run: subprocess.Popen, line: str, signum: int) -> str:
@@ -688,7 +759,11 @@ def test_ctrl_c_at_the_first_line_stops_without_a_traceback(tmp_path: Path, data
     assert run.returncode == 128 + signal.SIGINT, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     # Stopped where the signal found the run: during start-up (at once), or just after, at the first batch boundary.
-    said = [line for line in output.splitlines() if line.startswith(
-        ("vae_lab: stopped by SIGINT outside training", "vae_lab: error: interrupted by SIGINT at epoch 0, step 0.")
-    )]
+    said = [
+        line
+        for line in output.splitlines()
+        if line.startswith(
+            ("vae_lab: stopped by SIGINT outside training", "vae_lab: error: interrupted by SIGINT at epoch 0, step 0.")
+        )
+    ]
     assert len(said) == 1, output[-3000:]

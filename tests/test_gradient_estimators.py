@@ -1,4 +1,4 @@
-"""The gradient estimators of vae_lab.objectives.estimators on the linear-Gaussian model, where everything
+"""The gradient estimators of vae_lab.model.objectives.estimators on the linear-Gaussian model, where everything
 is known: z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I), p(z|x) = N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1.
 
 - Every estimator's mean gradient (encoder and decoder) equals the reparameterization gradient's mean,
@@ -17,8 +17,8 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vae_lab.errors import ConfigError
-from vae_lab.objectives import CIWAE, ELBO, IWAE, MIWAE, PIWAE, ELBOTerms
-from vae_lab.objectives.estimators import sample
+from vae_lab.model.objectives import CIWAE, ELBO, IWAE, MIWAE, PIWAE, ELBOTerms
+from vae_lab.model.objectives.estimators import sample
 
 D_X, D_Z, NOISE = 4, 2, 0.7
 
@@ -81,8 +81,16 @@ CASES = [
 ]
 
 
-CASE_IDS = ["elbo-stl", "elbo-score", "elbo-mc-kl-score", "iwae-dreg", "iwae-score", "miwae-dreg", "ciwae-dreg",
-            "piwae-dreg"]
+CASE_IDS = [
+    "elbo-stl",
+    "elbo-score",
+    "elbo-mc-kl-score",
+    "iwae-dreg",
+    "iwae-score",
+    "miwae-dreg",
+    "ciwae-dreg",
+    "piwae-dreg",
+]
 
 
 @pytest.mark.parametrize(("cls", "settings", "gradient"), CASES, ids=CASE_IDS)
@@ -118,9 +126,7 @@ def test_stl_gradient_is_exactly_zero_at_the_exact_posterior() -> None:
     mean, std = exact_posterior(model)
     torch.manual_seed(0)
     stl = torch.stack([gradients(ELBO(gradient="stl"), model, mean, std, batch=1)[: 2 * D_Z] for _ in range(50)])
-    reparameterized = torch.stack(
-        [gradients(ELBO(kl="mc"), model, mean, std, batch=1)[: 2 * D_Z] for _ in range(50)]
-    )
+    reparameterized = torch.stack([gradients(ELBO(kl="mc"), model, mean, std, batch=1)[: 2 * D_Z] for _ in range(50)])
     assert stl.abs().max() < 1e-12
     assert reparameterized.var(0).min() > 1e-3
 
@@ -183,8 +189,9 @@ def test_bounds_of_the_tighter_family() -> None:
     torch.testing.assert_close(MIWAE(m=6, k=1).bound(log_weights), log_weights.mean(0))
     torch.testing.assert_close(CIWAE(k=6, elbo_fraction=1.0).bound(log_weights), log_weights.mean(0))
     torch.testing.assert_close(CIWAE(k=6, elbo_fraction=0.0).bound(log_weights), iwae)
-    torch.testing.assert_close(CIWAE(k=6, elbo_fraction=0.25).bound(log_weights),
-                               0.25 * log_weights.mean(0) + 0.75 * iwae)
+    torch.testing.assert_close(
+        CIWAE(k=6, elbo_fraction=0.25).bound(log_weights), 0.25 * log_weights.mean(0) + 0.75 * iwae
+    )
     miwae = MIWAE(m=2, k=3).bound(log_weights)
     groups = torch.stack([log_weights[:3], log_weights[3:]])  # samples m * k + i: group m, the i-th
     torch.testing.assert_close(miwae, (torch.logsumexp(groups, 1) - math.log(3)).mean(0))
@@ -209,7 +216,7 @@ def test_one_epoch_trains_with_each_estimator(overrides: list[str], data_root) -
     """A real fit (TINY): the loss stays finite, encoder and decoder both move, and validation reports the ELBO."""
     from conftest import TINY, compose_config, quiet_trainer
 
-    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.model.build import build_datamodule, build_model
 
     cfg = compose_config(*TINY, *overrides)
     datamodule = build_datamodule(cfg)

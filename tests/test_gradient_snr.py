@@ -1,4 +1,4 @@
-"""The gradient signal-to-noise diagnostic (vae_lab/gradient_snr.py) and the start-up refusal of gradient
+"""The gradient signal-to-noise diagnostic (vae_lab/evaluation/gradient_snr.py) and the start-up refusal of gradient
 estimators that do not apply, through the real CLI."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from vae_lab.gradient_snr import snr_summary
+from vae_lab.evaluation.gradient_snr import snr_summary
 
 #: TINY without the importance-sampled evaluation at the end.
 QUICK = [*TINY, "eval.n_importance_samples=0"]
@@ -31,8 +31,15 @@ def test_snr_is_saved_and_logged_without_changing_training(data_root: Path, tmp_
     runs = {}
     for name, extra in {"plain": [], "snr": ["gradient_snr.epochs=[0,1]", "gradient_snr.n_estimates=4"]}.items():
         run_dir = tmp_path / name
-        result = run_cli("vae_lab.train", *QUICK, "objective=iwae", "objective.gradient=dreg", *extra,
-                         f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        result = run_cli(
+            "vae_lab.train",
+            *QUICK,
+            "objective=iwae",
+            "objective.gradient=dreg",
+            *extra,
+            f"hydra.run.dir={run_dir}",
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = run_dir
     entries = json.loads((runs["snr"] / "gradient_snr.json").read_text())

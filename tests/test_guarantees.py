@@ -19,22 +19,22 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, compose_config, run_cli
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-
-from conftest import TINY, compose_config, run_cli
 from test_evaluation import data_points, exact_log_likelihood, linear_gaussian_vae
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.checkpoints import checkpoint_callbacks
-from vae_lab.devices import available_cores, threads_per_worker
-from vae_lab.epoch_means import EpochMeans
-from vae_lab.evaluation import EvaluationSettings, evaluate
+
+from vae_lab.evaluation.importance_sampling import EvaluationSettings, evaluate
 from vae_lab.files import write_atomically, write_json_atomically
-from vae_lab.jobs import Job
-from vae_lab.launchers import LauncherKind
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.epoch_means import EpochMeans
 from vae_lab.report.jobs import Job as ReportJob
 from vae_lab.report.jobs import read_job
 from vae_lab.report.table import build_report, numeric_table, table_cells
+from vae_lab.run.checkpoints import checkpoint_callbacks
+from vae_lab.run.devices import available_cores, threads_per_worker
+from vae_lab.run.jobs import Job
+from vae_lab.run.launchers import LauncherKind
 
 #: Train and validation ELBO of one tiny run, in nats per image, differ by far less than this factor
 #: (the model improves during an epoch; a mean over batches instead of images is 10-50x off).
@@ -49,7 +49,9 @@ def test_importance_sampled_estimate_does_not_depend_on_the_chunk_size() -> None
     model, x = linear_gaussian_vae(mean_error=0.6), data_points(16)
     k = 1000
     results = {
-        chunk: evaluate(model, x, EvaluationSettings(n_importance_samples=k, seed=3, samples_per_chunk=chunk, images_per_batch=16))
+        chunk: evaluate(
+            model, x, EvaluationSettings(n_importance_samples=k, seed=3, samples_per_chunk=chunk, images_per_batch=16)
+        )
         for chunk in (1000, 100, 7, 1)
     }
     assert {chunk: result.samples_per_chunk for chunk, result in results.items()} == {1000: 1000, 100: 100, 7: 7, 1: 1}
@@ -62,7 +64,9 @@ def test_importance_sampled_estimate_does_not_depend_on_the_chunk_size() -> None
     # 0.2 nats lower for this posterior; the ELBO 3.5 nats lower).
     exact = float(exact_log_likelihood(x).mean())
     estimates = [
-        evaluate(model, x, EvaluationSettings(n_importance_samples=k, seed=seed, samples_per_chunk=100, images_per_batch=16)).log_likelihood
+        evaluate(
+            model, x, EvaluationSettings(n_importance_samples=k, seed=seed, samples_per_chunk=100, images_per_batch=16)
+        ).log_likelihood
         for seed in range(8)
     ]
     assert sum(estimates) / len(estimates) == pytest.approx(exact, abs=0.05)
@@ -71,7 +75,7 @@ def test_importance_sampled_estimate_does_not_depend_on_the_chunk_size() -> None
 def test_default_mnist_evaluation_is_chunked_so_chunking_matters(data_root: Path) -> None:
     """The default k = 5000 evaluation of the default MNIST model on one CPU thread splits k into
     many equal chunks, which is why the chunk-invariance test above guards real figures."""
-    from vae_lab.evaluation import plan_chunks
+    from vae_lab.evaluation.importance_sampling import plan_chunks
 
     cfg = compose_config(f"data.root={data_root}")
     model = build_model(cfg, build_datamodule(cfg))
@@ -125,8 +129,13 @@ def three_epoch_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -
     (run_dir / "summary.json").write_text(before)
     os.link(run_dir / "summary.json", work / "summary_before.json")
     result = run_cli(
-        "vae_lab.train", *TINY, "trainer.max_epochs=3", "resume=true", f"data.root={data_root}",
-        f"hydra.run.dir={run_dir}", cwd=work,
+        "vae_lab.train",
+        *TINY,
+        "trainer.max_epochs=3",
+        "resume=true",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, (work / "summary_before.json").read_text()
@@ -152,8 +161,10 @@ def writes_to_summary(function: ast.AST) -> list[str]:
 
     def mentions_summary(node: ast.AST) -> bool:
         text = ast.unparse(node)
-        return "summary.json" in text or "SUMMARY" in text or any(
-            isinstance(name, ast.Name) and name.id in tainted for name in ast.walk(node)
+        return (
+            "summary.json" in text
+            or "SUMMARY" in text
+            or any(isinstance(name, ast.Name) and name.id in tainted for name in ast.walk(node))
         )
 
     for node in ast.walk(function):
@@ -172,8 +183,13 @@ def writes_to_summary(function: ast.AST) -> list[str]:
             if isinstance(func, ast.Attribute) and ast.unparse(func.value) != "os":  # path.open(mode)
                 mode, target = (node.args[0] if node.args else keyword_mode), func.value
             else:  # open(path, mode), os.open(path, flags)
-                mode, target = (node.args[1] if len(node.args) > 1 else keyword_mode), (node.args[0] if node.args else None)
-            writes = mode is not None and (not isinstance(mode, ast.Constant) or any(c in str(mode.value) for c in "wax+"))
+                mode, target = (
+                    (node.args[1] if len(node.args) > 1 else keyword_mode),
+                    (node.args[0] if node.args else None),
+                )
+            writes = mode is not None and (
+                not isinstance(mode, ast.Constant) or any(c in str(mode.value) for c in "wax+")
+            )
             targets = [target] if writes and target is not None else []
         elif name in WRITING_METHODS:
             targets = list(node.args[1:])
@@ -198,8 +214,10 @@ def test_every_writer_of_summary_json_goes_through_the_atomic_write() -> None:
         writers += [
             path.name
             for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "write_json_atomically"
-            and node.args and ("summary" in ast.unparse(node.args[0]).lower() or "SUMMARY" in ast.unparse(node.args[0]))
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "write_json_atomically"
+            and node.args
+            and ("summary" in ast.unparse(node.args[0]).lower() or "SUMMARY" in ast.unparse(node.args[0]))
         ]
     assert offenders == {}
     assert {"train.py", "run_state.py", "stopped_runs.py", "evaluate.py"} <= set(writers)
@@ -302,8 +320,13 @@ def three_epoch_fit(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     model = build_model(cfg, datamodule)
     recorder = EpochRecorder()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=3, logger=CSVLogger(work, name="", version=""), enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[*checkpoint_callbacks(work), recorder], default_root_dir=work,
+        accelerator="cpu",
+        max_epochs=3,
+        logger=CSVLogger(work, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*checkpoint_callbacks(work), recorder],
+        default_root_dir=work,
     )
     trainer.fit(model, datamodule=datamodule)
     return work, recorder, trainer
@@ -331,7 +354,7 @@ def test_every_epoch_draws_its_own_reparameterization_noise(three_epoch_fit) -> 
 
 
 def test_every_epoch_draws_its_own_seed() -> None:
-    from vae_lab.seeds import epoch_seed
+    from vae_lab.model.seeds import epoch_seed
 
     seeds = {epoch_seed(seed, epoch, rank) for seed in range(3) for epoch in range(50) for rank in range(4)}
     assert len(seeds) == 3 * 50 * 4
@@ -341,7 +364,11 @@ def test_every_epoch_draws_its_own_seed() -> None:
 def test_epoch_means_are_per_image_not_per_batch() -> None:
     """Batches of unequal size (the last one of an epoch is often short): the mean is over images."""
     means = EpochMeans()
-    batches = [torch.arange(50, dtype=torch.float64), torch.full((50,), -3.0, dtype=torch.float64), torch.tensor([1e3] * 7, dtype=torch.float64)]
+    batches = [
+        torch.arange(50, dtype=torch.float64),
+        torch.full((50,), -3.0, dtype=torch.float64),
+        torch.tensor([1e3] * 7, dtype=torch.float64),
+    ]
     for values in batches:
         means.add({"elbo": values, "kl": 2 * values})
     everything = torch.cat(batches)
@@ -356,13 +383,22 @@ def test_epoch_means_are_per_image_not_per_batch() -> None:
 # ---------------------------------------------------------------- cores under joblib
 def joblib_job(tmp_path: Path, n_jobs: int) -> Job:
     return Job(
-        run_dir=tmp_path / "job", multirun=True, launcher=LauncherKind.JOBLIB, launcher_config={"n_jobs": n_jobs},
-        sweep_dir=tmp_path, sweep_name="test", overrides=[], choices={}, attempt="test-attempt",
+        run_dir=tmp_path / "job",
+        multirun=True,
+        launcher=LauncherKind.JOBLIB,
+        launcher_config={"n_jobs": n_jobs},
+        sweep_dir=tmp_path,
+        sweep_name="test",
+        overrides=[],
+        choices={},
+        attempt="test-attempt",
     )
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2, -1])
-def test_a_joblib_worker_gets_its_share_of_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_jobs: int) -> None:
+def test_a_joblib_worker_gets_its_share_of_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_jobs: int
+) -> None:
     """``hydra/launcher=joblib hydra.launcher.n_jobs=N``: each job runs on cores // N torch threads
     (n_jobs=-1: one worker per core, so one thread each)."""
     cores = available_cores()
@@ -393,7 +429,8 @@ def test_the_shares_of_the_cores_never_add_up_to_more_than_the_machine() -> None
 # ---------------------------------------------------------------- the report's order
 def report_job(batch_size: str, lr: str, seed: int, elbo: float) -> ReportJob:
     return ReportJob(
-        Path(f"job-{batch_size}-{lr}-{seed}"), "complete",
+        Path(f"job-{batch_size}-{lr}-{seed}"),
+        "complete",
         [f"data.batch_size={batch_size}", f"optimizer.lr={lr}", f"seed={seed}"],
         {"metrics": {"test/elbo": elbo}, "epochs": 1},
     )

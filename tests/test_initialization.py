@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import compose_config
 
-from vae_lab.build import build_datamodule, build_model
 from vae_lab.errors import ConfigError
+from vae_lab.model.build import build_datamodule, build_model
 
 SMALL = ("data.train_subset=500", "data.val_size=500")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from vae_lab.likelihoods import BernoulliLikelihood
-from vae_lab.module import VAE
-from vae_lab.networks import MLPDecoder, MLPEncoder
-from vae_lab.objectives import ELBO
-from vae_lab.priors import StandardNormalPrior
+from vae_lab.model.likelihoods import BernoulliLikelihood
+from vae_lab.model.networks import MLPDecoder, MLPEncoder
+from vae_lab.model.objectives import ELBO
+from vae_lab.model.priors import StandardNormalPrior
+from vae_lab.model.vae import VAE
 
 LATENT_DIM, BATCH = 50, 8
 

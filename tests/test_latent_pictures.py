@@ -8,9 +8,9 @@ import torch
 from hydra import compose, initialize_config_module
 from torch.distributions import Normal
 
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.latent_pictures import kl_per_latent_dimension, prior_marginals
-from vae_lab.priors.base import Prior
+from vae_lab.evaluation.latent_pictures import kl_per_latent_dimension, prior_marginals
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.priors.base import Prior
 
 
 class StandardNormalWithoutClosedForm(Prior):
@@ -42,7 +42,9 @@ def test_kl_per_dimension_is_exact_for_the_standard_prior(model) -> None:
         posterior = model.posterior(images)
     expected = torch.distributions.kl_divergence(posterior.base_dist, Normal(0.0, 1.0)).mean(0)
     assert how.startswith("analytic") and torch.allclose(kl, expected, rtol=1e-5)
-    assert float(kl.sum()) == pytest.approx(float(torch.distributions.kl_divergence(posterior, model.prior.distribution()).mean()), rel=1e-5)
+    assert float(kl.sum()) == pytest.approx(
+        float(torch.distributions.kl_divergence(posterior, model.prior.distribution()).mean()), rel=1e-5
+    )
 
 
 def test_kl_per_dimension_without_a_closed_form_matches_the_exact_value(model) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Independent
 
 from vae_lab.data import MNISTDataModule
-from vae_lab.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from vae_lab.model.likelihoods import BernoulliLikelihood, GaussianLikelihood
 
 SAMPLES, BATCH = 2, 16  # decoder outputs carry a sample dimension L in front of the batch
 
@@ -77,7 +77,7 @@ def test_bernoulli_log_prob_and_gradient_equal_torch_bernoulli(dtype: torch.dtyp
     # float32: sums of 784 terms of ~1 nat each agree to their rounding (a few parts in 1e7).
     torch.testing.assert_close(log_prob, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
     # Each pixel's term is as close to the exact value as torch's: 1e-6 nats in float32 (relative above 1 nat).
-    from vae_lab.likelihoods.bernoulli import LogitBernoulli
+    from vae_lab.model.likelihoods.bernoulli import LogitBernoulli
 
     exact = Bernoulli(logits=logits.double()).log_prob(x.double())
     for pixel_terms in (LogitBernoulli(logits=logits).log_prob(x), Bernoulli(logits=logits).log_prob(x)):
@@ -127,7 +127,9 @@ def test_gaussian_learned_sigma_per_pixel(mnist_test_images) -> None:
     assert likelihood.parameters_per_channel == 2
     output = decoder_output(2)  # channel 0: mean, channel 1: raw sigma of each pixel
     expected_sigma = 1e-3 + F.softplus(output[:, :, 1:])
-    torch.testing.assert_close(likelihood(output).log_prob(y), gaussian_log_density(y, output[:, :, :1], expected_sigma))
+    torch.testing.assert_close(
+        likelihood(output).log_prob(y), gaussian_log_density(y, output[:, :, :1], expected_sigma)
+    )
 
 
 def test_gaussian_sigma_floor_keeps_log_prob_finite(mnist_test_images) -> None:

@@ -12,10 +12,10 @@ import torch
 from conftest import TINY, quiet_trainer, run_cli
 from hydra import compose, initialize_config_module
 
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.data_forms import DataForm
+from vae_lab.data.forms import DataForm
 from vae_lab.errors import ConfigError
-from vae_lab.likelihoods import (
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.likelihoods import (
     BernoulliLikelihood,
     CategoricalLikelihood,
     ContinuousBernoulliLikelihood,
@@ -23,8 +23,8 @@ from vae_lab.likelihoods import (
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli
-from vae_lab.likelihoods.discretized_logistic import DiscretizedLogisticMixture
+from vae_lab.model.likelihoods.continuous_bernoulli import StableContinuousBernoulli
+from vae_lab.model.likelihoods.discretized_logistic import DiscretizedLogisticMixture
 
 #: The form each new likelihood must be served (it is a distribution over that form).
 SERVED_FORM = {

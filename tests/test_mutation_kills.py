@@ -17,7 +17,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from vae_lab.data.base import ImageDataModule
 from vae_lab.errors import ConfigError
-from vae_lab.evaluation import (
+from vae_lab.evaluation.importance_sampling import (
     EvaluationResult,
     EvaluationSettings,
     ProgressPrinter,
@@ -31,14 +31,14 @@ from vae_lab.evaluation import (
     log_metrics,
     plan_chunks,
 )
-from vae_lab.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
-from vae_lab.likelihoods.continuous_bernoulli import StableContinuousBernoulli, log_mean_of_exponential_decay
-from vae_lab.networks import MLPEncoder
-from vae_lab.objectives import ELBO, IWAE, ELBOTerms
-from vae_lab.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
-from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
-from vae_lab.priors.base import diagonal_gaussian_mixture_log_prob
-from vae_lab.priors.vamp import EDGE
+from vae_lab.model.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
+from vae_lab.model.likelihoods.continuous_bernoulli import StableContinuousBernoulli, log_mean_of_exponential_decay
+from vae_lab.model.networks import MLPEncoder
+from vae_lab.model.objectives import ELBO, IWAE, ELBOTerms
+from vae_lab.model.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
+from vae_lab.model.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
+from vae_lab.model.priors.base import diagonal_gaussian_mixture_log_prob
+from vae_lab.model.priors.vamp import EDGE
 from vae_lab.report.jobs import Job as ReportJob
 from vae_lab.report.table import (
     Statistic,
@@ -58,13 +58,38 @@ def sweep_jobs() -> list[ReportJob]:
     setting), a failed, an unfinished, an interrupted and a pending one."""
 
     def job(batch_size: int, seed: int, status: str, summary: dict | None = None) -> ReportJob:
-        return ReportJob(Path(f"sweep/{batch_size}-{seed}"), status, [f"data.batch_size={batch_size}", f"seed={seed}"], summary or {})
+        return ReportJob(
+            Path(f"sweep/{batch_size}-{seed}"), status, [f"data.batch_size={batch_size}", f"seed={seed}"], summary or {}
+        )
 
     return [
-        job(50, 0, "complete", {"metrics": {"test/elbo": -100.0, "test/bpd": 0.18, "test/active_units": 10}, "epochs": 2, "wall_time_seconds": 3.5}),
+        job(
+            50,
+            0,
+            "complete",
+            {
+                "metrics": {"test/elbo": -100.0, "test/bpd": 0.18, "test/active_units": 10},
+                "epochs": 2,
+                "wall_time_seconds": 3.5,
+            },
+        ),
         job(100, 1, "failed", {"status": "failed", "error": "ValueError: boom\nsecond | line"}),
-        job(50, 1, "complete", {"metrics": {"test/elbo": -102.0, "test/bpd": 0.2, "test/active_units": 12}, "epochs": 2, "wall_time_seconds": 4.5}),
-        job(100, 0, "complete", {"metrics": {"test/elbo": -105.5, "test/kl_per_dim": [1.0, 2.0]}, "epochs": 2, "wall_time_seconds": 2.0}),
+        job(
+            50,
+            1,
+            "complete",
+            {
+                "metrics": {"test/elbo": -102.0, "test/bpd": 0.2, "test/active_units": 12},
+                "epochs": 2,
+                "wall_time_seconds": 4.5,
+            },
+        ),
+        job(
+            100,
+            0,
+            "complete",
+            {"metrics": {"test/elbo": -105.5, "test/kl_per_dim": [1.0, 2.0]}, "epochs": 2, "wall_time_seconds": 2.0},
+        ),
         job(200, 0, "unfinished"),
         job(200, 1, "interrupted", {"status": "interrupted", "metrics": {"test/elbo": -1.0}}),
         ReportJob(Path("sweep/(not started)"), "pending", ["data.batch_size=200", "seed=2"]),
@@ -77,7 +102,16 @@ def test_report_table_cells_are_mean_and_sample_std_over_seeds_with_each_metrics
     assert report.metrics == ["test/elbo", "test/bpd", "test/active_units", "epochs", "wall_time_seconds"]
     assert report.jobs == sweep_jobs()
     header, cells = table_cells(report)
-    assert header == ["data.batch_size", "seeds (n)", "test/elbo", "test/bpd", "test/active_units", "epochs", "wall time (s)", "jobs"]
+    assert header == [
+        "data.batch_size",
+        "seeds (n)",
+        "test/elbo",
+        "test/bpd",
+        "test/active_units",
+        "epochs",
+        "wall time (s)",
+        "jobs",
+    ]
     assert cells == [
         ["50", "0, 1 (2)", "-101.00 ± 1.41", "0.1900 ± 0.0141", "11.0 ± 1.4", "2.0 ± 0.0", "4.0 ± 0.7", "2 complete"],
         ["100", "0 (1)", "-105.50", "-", "-", "2.0", "2.0", "1 complete, 1 failed"],
@@ -91,8 +125,13 @@ def test_report_table_cells_are_mean_and_sample_std_over_seeds_with_each_metrics
 
 def test_status_text_counts_each_status_once() -> None:
     jobs = sweep_jobs()
-    report = build_report([*jobs, ReportJob(Path("x"), "interrupted", ["data.batch_size=200", "seed=3"]),
-                           ReportJob(Path("y"), "crashed", ["data.batch_size=200", "seed=4"])])
+    report = build_report(
+        [
+            *jobs,
+            ReportJob(Path("x"), "interrupted", ["data.batch_size=200", "seed=3"]),
+            ReportJob(Path("y"), "crashed", ["data.batch_size=200", "seed=4"]),
+        ]
+    )
     assert status_text(report.rows[2]) == "0 complete, 1 unfinished, 1 pending, 1 crashed, 2 interrupted"
 
 
@@ -100,14 +139,48 @@ def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_compl
     report = build_report(sweep_jobs())
     columns, data = numeric_table(report)
     assert columns == [
-        "data.batch_size", "n_seeds", "seeds", "test/elbo mean", "test/elbo std", "test/bpd mean", "test/bpd std",
-        "test/active_units mean", "test/active_units std", "epochs mean", "epochs std",
-        "wall_time_seconds mean", "wall_time_seconds std", "complete", "failed", "diverged", "unfinished", "pending",
+        "data.batch_size",
+        "n_seeds",
+        "seeds",
+        "test/elbo mean",
+        "test/elbo std",
+        "test/bpd mean",
+        "test/bpd std",
+        "test/active_units mean",
+        "test/active_units std",
+        "epochs mean",
+        "epochs std",
+        "wall_time_seconds mean",
+        "wall_time_seconds std",
+        "complete",
+        "failed",
+        "diverged",
+        "unfinished",
+        "pending",
         "unreadable",
     ]
     expected = [
-        ["50", 2, "0 1", -101.0, math.sqrt(2), 0.19, math.sqrt(2) / 100, 11.0, math.sqrt(2), 2.0, 0.0, 4.0, math.sqrt(0.5),
-         2, 0, 0, 0, 0, 0],
+        [
+            "50",
+            2,
+            "0 1",
+            -101.0,
+            math.sqrt(2),
+            0.19,
+            math.sqrt(2) / 100,
+            11.0,
+            math.sqrt(2),
+            2.0,
+            0.0,
+            4.0,
+            math.sqrt(0.5),
+            2,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
         ["100", 1, "0", -105.5, None, None, None, None, None, 2.0, None, 2.0, None, 1, 1, 0, 0, 0, 0],
         ["200", 0, "", *[None] * 10, 0, 0, 0, 1, 1, 0],
     ]
@@ -118,7 +191,11 @@ def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_compl
     assert "\r" not in text and text.endswith("\n") and text.count("\n") == 4
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == [*columns, "not_complete_jobs"]
-    for row, line, jobs in zip(rows[1:], data, ["", "failed:sweep/100-1", "unfinished:sweep/200-0;interrupted:sweep/200-1;pending:sweep/(not started)"]):
+    for row, line, jobs in zip(
+        rows[1:],
+        data,
+        ["", "failed:sweep/100-1", "unfinished:sweep/200-0;interrupted:sweep/200-1;pending:sweep/(not started)"],
+    ):
         assert row == ["" if value is None else str(value) for value in line] + [jobs]
 
 
@@ -147,39 +224,62 @@ def test_statistic_of_values() -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-
 def evaluation_result(kl_per_dim: list[float] | None = (0.5, 2.25)) -> EvaluationResult:
     return EvaluationResult(
-        n_importance_samples=500, n_images=200, seed=7, log_likelihood=-91.25, elbo=-97.5,
-        bpd_importance_sampled=0.1679, bpd_elbo=0.1794, active_units=3, active_unit_threshold=0.01, latent_dim=4,
-        unit_activity=[1.0, 0.5, 0.02, 0.001], kl_per_dim=None if kl_per_dim is None else list(kl_per_dim),
-        images_per_batch=100, samples_per_chunk=250, seconds=12.5,
+        n_importance_samples=500,
+        n_images=200,
+        seed=7,
+        log_likelihood=-91.25,
+        elbo=-97.5,
+        bpd_importance_sampled=0.1679,
+        bpd_elbo=0.1794,
+        active_units=3,
+        active_unit_threshold=0.01,
+        latent_dim=4,
+        unit_activity=[1.0, 0.5, 0.02, 0.001],
+        kl_per_dim=None if kl_per_dim is None else list(kl_per_dim),
+        images_per_batch=100,
+        samples_per_chunk=250,
+        seconds=12.5,
     )
 
 
 def test_evaluation_metrics_and_details_name_every_figure() -> None:
     result = evaluation_result()
     assert result.metrics() == {
-        "test/nll_is": 91.25, "test/bpd_is": 0.1679, "test/elbo_k_samples": -97.5, "test/bpd_elbo_k_samples": 0.1794,
-        "test/active_units": 3, "test/kl_per_dim": [0.5, 2.25],
+        "test/nll_is": 91.25,
+        "test/bpd_is": 0.1679,
+        "test/elbo_k_samples": -97.5,
+        "test/bpd_elbo_k_samples": 0.1794,
+        "test/active_units": 3,
+        "test/kl_per_dim": [0.5, 2.25],
     }
     assert "test/kl_per_dim" not in evaluation_result(kl_per_dim=None).metrics()
     assert result.details() == {
-        "n_importance_samples": 500, "n_images": 200, "seed": 7, "active_unit_threshold": 0.01,
-        "unit_activity": [1.0, 0.5, 0.02, 0.001], "images_per_batch": 100, "samples_per_chunk": 250, "seconds": 12.5,
+        "n_importance_samples": 500,
+        "n_images": 200,
+        "seed": 7,
+        "active_unit_threshold": 0.01,
+        "unit_activity": [1.0, 0.5, 0.02, 0.001],
+        "images_per_batch": 100,
+        "samples_per_chunk": 250,
+        "seconds": 12.5,
         "posterior_mean_samples": 0,  # E_q[z] in closed form (a Gaussian q)
     }
 
 
 def test_evaluation_table_lists_every_figure_aligned() -> None:
-    assert evaluation_result().table([("checkpoint", "best.ckpt")]) == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s\ncheckpoint                   best.ckpt"
+    assert (
+        evaluation_result().table([("checkpoint", "best.ckpt")])
+        == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s\ncheckpoint                   best.ckpt"
+    )
     assert "KL per dimension             n/a (q(z|x) or p(z) does not factorize)" in evaluation_result(None).table()
 
 
 def test_evaluation_settings_from_a_config() -> None:
-    assert EvaluationSettings.from_config({"n_importance_samples": 10, "memory_budget_mb": None}, seed=3) == EvaluationSettings(
-        n_importance_samples=10, seed=3
-    )
+    assert EvaluationSettings.from_config(
+        {"n_importance_samples": 10, "memory_budget_mb": None}, seed=3
+    ) == EvaluationSettings(n_importance_samples=10, seed=3)
     assert EvaluationSettings.from_config({"seed": 1}, seed=2).seed == 2
     with pytest.raises(ConfigError) as error:
         EvaluationSettings.from_config({"zeta": 1, "bogus": None, "seed": 0}, extra=2)
@@ -192,8 +292,13 @@ def test_evaluation_settings_from_a_config() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"n_importance_samples": 0}, ("n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
-         "5000 is the standard of Burda et al. 2016).")),
+        (
+            {"n_importance_samples": 0},
+            (
+                "n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
+                "5000 is the standard of Burda et al. 2016)."
+            ),
+        ),
         ({"memory_budget_mb": 0}, "memory_budget_mb=0 must be > 0 (megabytes per chunk)."),
         ({"n_test_images": 0}, "n_test_images=0 must be at least 1, or null."),
         ({"images_per_batch": 0}, "images_per_batch=0 must be at least 1, or null."),
@@ -207,14 +312,25 @@ def test_evaluation_settings_refuse_bad_values_naming_them(settings: dict, messa
 
 
 def test_evaluation_settings_accept_the_smallest_values() -> None:
-    settings = EvaluationSettings(n_importance_samples=1, memory_budget_mb=0.5, n_test_images=1, images_per_batch=1, samples_per_chunk=1)
-    assert (settings.n_importance_samples, settings.n_test_images, settings.images_per_batch, settings.samples_per_chunk) == (1, 1, 1, 1)
+    settings = EvaluationSettings(
+        n_importance_samples=1, memory_budget_mb=0.5, n_test_images=1, images_per_batch=1, samples_per_chunk=1
+    )
+    assert (
+        settings.n_importance_samples,
+        settings.n_test_images,
+        settings.images_per_batch,
+        settings.samples_per_chunk,
+    ) == (1, 1, 1, 1)
 
 
 def progress_counts(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The ``done/total`` of each progress line that vae_lab.evaluation logged (stderr is no terminal here)."""
+    """The ``done/total`` of each progress line that vae_lab.evaluation.importance_sampling logged (stderr is no terminal here)."""
     prefix = "vae_lab.evaluate: "
-    return [r.getMessage()[len(prefix):].split(" test images")[0] for r in caplog.records if r.getMessage().startswith(prefix)]
+    return [
+        r.getMessage()[len(prefix) :].split(" test images")[0]
+        for r in caplog.records
+        if r.getMessage().startswith(prefix)
+    ]
 
 
 def test_progress_printer_prints_each_tenth_and_the_end(caplog: pytest.LogCaptureFixture) -> None:
@@ -254,8 +370,13 @@ def test_log_metrics_to_a_csv_logger_writes_the_kl_per_dimension_as_scalars(tmp_
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 1
     row = {key: float(value) for key, value in rows[0].items()}
-    assert row == {"step": 7.0, "test/nll_is": 91.5, **{f"test/kl_per_dim/{j:02d}": 0.25 for j in range(9)},
-                   "test/kl_per_dim/09": 4.0, "test/kl_per_dim/10": 1.5}
+    assert row == {
+        "step": 7.0,
+        "test/nll_is": 91.5,
+        **{f"test/kl_per_dim/{j:02d}": 0.25 for j in range(9)},
+        "test/kl_per_dim/09": 4.0,
+        "test/kl_per_dim/10": 1.5,
+    }
 
 
 # ---------------------------------------------------------------- priors
@@ -352,7 +473,9 @@ def test_vamp_prior_random_init_is_the_papers() -> None:
     expected = (0.05 + 0.01 * torch.randn(500, 1, 2, 3)).clamp(EDGE, 1 - EDGE)
     assert prior.latent_dim == 2 and prior.n_pseudo_inputs == 500 and prior.encoder is encoder
     torch.testing.assert_close(prior.pseudo_inputs().detach(), expected)
-    shaped_by_data = VampPrior(latent_dim=2, encoder=encoder, datamodule=synthetic_images(), n_pseudo_inputs=1, init="random")
+    shaped_by_data = VampPrior(
+        latent_dim=2, encoder=encoder, datamodule=synthetic_images(), n_pseudo_inputs=1, init="random"
+    )
     assert shaped_by_data.pseudo_inputs().shape == (1, 1, 2, 3)
 
 
@@ -370,10 +493,20 @@ def test_vamp_prior_data_init_takes_training_images_drawn_with_the_data_seed() -
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"datamodule": "synthetic"}, ("prior.n_pseudo_inputs=500 is more than the 30 training images to initialise them "
-         "from; use prior.n_pseudo_inputs<=30 or prior.init=random.")),
-        ({"datamodule": "synthetic", "n_pseudo_inputs": 31}, ("prior.n_pseudo_inputs=31 is more than the 30 training "
-         "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random.")),
+        (
+            {"datamodule": "synthetic"},
+            (
+                "prior.n_pseudo_inputs=500 is more than the 30 training images to initialise them "
+                "from; use prior.n_pseudo_inputs<=30 or prior.init=random."
+            ),
+        ),
+        (
+            {"datamodule": "synthetic", "n_pseudo_inputs": 31},
+            (
+                "prior.n_pseudo_inputs=31 is more than the 30 training "
+                "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random."
+            ),
+        ),
         ({"image_shape": (1, 2, 3), "n_pseudo_inputs": 0}, "prior.n_pseudo_inputs=0 must be at least 1."),
         ({"image_shape": (1, 2, 3), "init": "zeros"}, "prior.init='zeros' is unknown; use one of data, random."),
         ({}, "VampPrior needs the data module (or image_shape) to shape its pseudo-inputs."),
@@ -392,7 +525,9 @@ def test_vamp_prior_one_pseudo_input_is_allowed() -> None:
     prior = VampPrior(latent_dim=2, encoder=vamp_encoder(), image_shape=(1, 2, 3), n_pseudo_inputs=1, init="random")
     z = torch.randn(3, 2)
     posterior = prior.encoder(prior.pseudo_inputs()).base_dist
-    torch.testing.assert_close(prior.log_prob(z), Independent(Normal(posterior.loc[0], posterior.scale[0]), 1).log_prob(z))
+    torch.testing.assert_close(
+        prior.log_prob(z), Independent(Normal(posterior.loc[0], posterior.scale[0]), 1).log_prob(z)
+    )
 
 
 # ---------------------------------------------------------------- likelihoods and schedules
@@ -412,7 +547,9 @@ def test_continuous_bernoulli_cdf_is_the_closed_form_and_a_cdf_outside_0_1() -> 
 
 def test_continuous_bernoulli_icdf_inverts_the_cdf_and_stays_in_0_1() -> None:
     u = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
-    eta = torch.cat([torch.linspace(-60, 60, 241, dtype=torch.float64), torch.tensor([5e-7, -5e-7], dtype=torch.float64)])
+    eta = torch.cat(
+        [torch.linspace(-60, 60, 241, dtype=torch.float64), torch.tensor([5e-7, -5e-7], dtype=torch.float64)]
+    )
     distribution = StableContinuousBernoulli(logits=eta[:, None].expand(-1, 5), validate_args=False)
     x = distribution.icdf(u.expand(eta.shape[0], -1))
     # The formulas alone leave [0, 1] by rounding at u = 0 (eta > 0) and u = 1 (eta < 0): the clamp keeps x in it.
@@ -459,7 +596,9 @@ class SyntheticVectors(SyntheticImages):
 def ppca_model_and_data():
     from test_evaluation import linear_gaussian_vae
 
-    datamodule = SyntheticVectors(root=".", data_form="continuous", batch_size=4, eval_batch_size=8, val_size=10, seed=0)
+    datamodule = SyntheticVectors(
+        root=".", data_form="continuous", batch_size=4, eval_batch_size=8, val_size=10, seed=0
+    )
     return linear_gaussian_vae().float(), datamodule
 
 
@@ -474,7 +613,9 @@ def test_end_of_training_evaluation_uses_the_eval_settings_and_logs_at_the_step(
     cfg = {"eval": {"n_importance_samples": 50, "images_per_batch": 4, "memory_budget_mb": None}, "seed": 9}
     metrics = evaluate_at_end_of_training(cfg, model, datamodule, loggers=[logger], step=3)
     datamodule.setup("test")
-    expected = evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=50, images_per_batch=4, seed=9))
+    expected = evaluate(
+        model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=50, images_per_batch=4, seed=9)
+    )
     assert metrics == expected.metrics()
     assert "test/kl_per_dim" in metrics and len(metrics["test/kl_per_dim"]) == 2
     output = "\n".join(record.getMessage() for record in caplog.records)
@@ -490,16 +631,21 @@ def test_end_of_training_evaluation_seed_defaults_and_skip(tmp_path: Path) -> No
     model, datamodule = ppca_model_and_data()
     datamodule.setup("test")
     images = datamodule.splits["test"]
-    own_seed = evaluate_at_end_of_training({"eval": {"n_importance_samples": 20, "seed": 4}, "seed": 9}, model, datamodule)
+    own_seed = evaluate_at_end_of_training(
+        {"eval": {"n_importance_samples": 20, "seed": 4}, "seed": 9}, model, datamodule
+    )
     assert own_seed == evaluate(model, images, EvaluationSettings(n_importance_samples=20, seed=4)).metrics()
     defaults = evaluate_at_end_of_training({"seed": 2}, model, datamodule)  # no eval block: k = 5000, the run's seed
     assert defaults == evaluate(model, images, EvaluationSettings(seed=2)).metrics()
     assert evaluate_at_end_of_training({"eval": {"n_importance_samples": 0}, "seed": 2}, model, datamodule) == {}
 
 
-def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vae_lab.wandb_failsafe import FailSafeWandbLogger
-    from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wandb_offline import find_offline_runs, read_offline_run
+
+    from vae_lab.tracking.wandb_failsafe import FailSafeWandbLogger
 
     monkeypatch.chdir(tmp_path)
     logger = FailSafeWandbLogger(project="kill-tests", save_dir=str(tmp_path), offline=True)
@@ -514,12 +660,18 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
     run = read_offline_run(run_dir)
     assert len(run.history) == 1
     row = run.history[0]
-    assert {key: row[key] for key in ("test/nll_is", "test/active_units")} == {"test/nll_is": 91.5, "test/active_units": 3}
+    assert {key: row[key] for key in ("test/nll_is", "test/active_units")} == {
+        "test/nll_is": 91.5,
+        "test/active_units": 3,
+    }
     assert "test/kl_per_dim" not in row  # the list goes to the summary, and as a chart
     assert not [key for key in row if key.startswith("test/kl_per_dim/")]  # no scalar key per dimension in wandb
     table = row["test/kl_per_dim_chart_table"]
     assert (table["nrows"], table["ncols"]) == (2, 2)
-    assert json.loads((run_dir / "files" / table["path"]).read_text()) == {"columns": ["dimension", "kl"], "data": [[0, 0.5], [1, 2.0]]}
+    assert json.loads((run_dir / "files" / table["path"]).read_text()) == {
+        "columns": ["dimension", "kl"],
+        "data": [[0, 0.5], [1, 2.0]],
+    }
     run_file = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert b'"fieldSettings":{"label":"dimension","value":"kl"}' in run_file  # the bar chart: KL against dimension
     assert b'"stringSettings":{"title":"KL per latent dimension (nats)"}' in run_file
@@ -529,15 +681,19 @@ def test_log_metrics_to_an_offline_wandb_run_logs_scalars_chart_and_summary(tmp_
 # ---------------------------------------------------------------- the evaluation loop, chunk plans, latent draws
 def small_vae(kl: str = "auto"):
     """An MLP VAE on 1x1x3 images: decoder 2 -> 4 (tanh) -> 3, so 4 + 4 + 3 leaf outputs per z."""
-    from vae_lab.module import VAE
-    from vae_lab.networks import MLPDecoder
-    from vae_lab.objectives import ELBO
+    from vae_lab.model.networks import MLPDecoder
+    from vae_lab.model.objectives import ELBO
+    from vae_lab.model.vae import VAE
 
     torch.manual_seed(0)
     return VAE(
-        encoder=MLPEncoder((1, 1, 3), 2, hidden_sizes=[4]), decoder=MLPDecoder((1, 1, 3), 2, out_channels=1, hidden_sizes=[4]),
-        likelihood=GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.5), prior=StandardNormalPrior(2),
-        objective=ELBO(kl=kl), optimizer=lambda parameters: torch.optim.Adam(parameters), image_shape=(1, 1, 3),
+        encoder=MLPEncoder((1, 1, 3), 2, hidden_sizes=[4]),
+        decoder=MLPDecoder((1, 1, 3), 2, out_channels=1, hidden_sizes=[4]),
+        likelihood=GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.5),
+        prior=StandardNormalPrior(2),
+        objective=ELBO(kl=kl),
+        optimizer=lambda parameters: torch.optim.Adam(parameters),
+        image_shape=(1, 1, 3),
     )
 
 
@@ -547,9 +703,17 @@ def test_decoded_values_count_every_leaf_output_and_the_output() -> None:
 
 @pytest.mark.parametrize(
     ("budget_mb", "k", "n_images", "plan"),
-    [(0.01, 30, 20, (16, 2)), (0.01, 2, 100, (38, 1)), (0.001, 2, 20, (16, 1)), (1.0, 1000, 40, (16, 334)), (1.0, 100, 100, (77, 50))],
+    [
+        (0.01, 30, 20, (16, 2)),
+        (0.01, 2, 100, (38, 1)),
+        (0.001, 2, 20, (16, 1)),
+        (1.0, 1000, 40, (16, 334)),
+        (1.0, 100, 100, (77, 50)),
+    ],
 )
-def test_chunk_plan_is_the_documented_arithmetic(budget_mb: float, k: int, n_images: int, plan: tuple[int, int]) -> None:
+def test_chunk_plan_is_the_documented_arithmetic(
+    budget_mb: float, k: int, n_images: int, plan: tuple[int, int]
+) -> None:
     """bytes per (sample, image) = 4 bytes x (14 decoder values + 4 x 3 outputs + 4 x 2 latents) = 136;
     B = max(16, budget // 136 // k) images; S = (budget / B - 3 x 4 x k) // 136 samples, then equal chunks."""
     result = plan_chunks(small_vae(), n_images, EvaluationSettings(n_importance_samples=k, memory_budget_mb=budget_mb))
@@ -563,7 +727,9 @@ def test_evaluate_sums_every_batch_and_reports_its_settings() -> None:
     model = small_vae().train()
     x = torch.rand(8, 1, 1, 3)
     calls = []
-    settings = EvaluationSettings(n_importance_samples=12, seed=5, images_per_batch=3, samples_per_chunk=5, active_unit_threshold=0.5)
+    settings = EvaluationSettings(
+        n_importance_samples=12, seed=5, images_per_batch=3, samples_per_chunk=5, active_unit_threshold=0.5
+    )
     result = evaluate(model, x, settings, progress=lambda done, total: calls.append((done, total)))
     assert model.training and calls == [(3, 8), (6, 8), (8, 8)]
     generator = torch.Generator().manual_seed(5)
@@ -624,8 +790,11 @@ def test_latents_of_any_other_posterior_come_from_a_seed_drawn_from_the_generato
 # ---------------------------------------------------------------- objectives
 def elbo_terms(kl: float = 2.0, kl_per_dim: torch.Tensor | None = None) -> ELBOTerms:
     return ELBOTerms(
-        log_likelihood=torch.tensor([[-10.0, -20.0]]), log_prior=torch.zeros(1, 2), log_posterior=torch.zeros(1, 2),
-        kl=torch.full((2,), kl), kl_per_dim=kl_per_dim,
+        log_likelihood=torch.tensor([[-10.0, -20.0]]),
+        log_prior=torch.zeros(1, 2),
+        log_posterior=torch.zeros(1, 2),
+        kl=torch.full((2,), kl),
+        kl_per_dim=kl_per_dim,
     )
 
 
@@ -662,11 +831,15 @@ def test_capacity_settings_are_checked_with_clear_messages() -> None:
         (lambda: KLWarmup(steps=-1), "objective.warmup.steps=-1 must be a whole number >= 0 (or null for none)."),
         (lambda: KLWarmup(epochs=True), "objective.warmup.epochs=True must be a whole number >= 0 (or null for none)."),
         (lambda: KLWarmup(steps=1.5), "objective.warmup.steps=1.5 must be a whole number >= 0 (or null for none)."),
-        (lambda: KLWarmup(steps=3, epochs=2), ("objective.warmup.steps and objective.warmup.epochs are both set; set one "
-         "(the other null).")),
+        (
+            lambda: KLWarmup(steps=3, epochs=2),
+            ("objective.warmup.steps and objective.warmup.epochs are both set; set one (the other null)."),
+        ),
         (lambda: CapacitySchedule(max=-1.0, steps=3), "objective.capacity.max=-1.0 must be >= 0 nats."),
-        (lambda: CapacitySchedule(max=1.0, steps=-2), ("objective.capacity.steps=-2 must be a whole number >= 0 (or null "
-         "for none).")),
+        (
+            lambda: CapacitySchedule(max=1.0, steps=-2),
+            ("objective.capacity.steps=-2 must be a whole number >= 0 (or null for none)."),
+        ),
     ],
 )
 def test_schedules_refuse_bad_settings_naming_them(make, message: str) -> None:
@@ -711,7 +884,10 @@ def test_location_scale_settings_defaults_and_start() -> None:
     assert fixed.dtype == torch.float64 and float(fixed) == 0.1
     with pytest.raises(ConfigError) as error:
         GaussianLikelihood(channels=1, variance="bogus")
-    assert str(error.value) == "likelihood.variance='bogus' is not a scale mode; use one of fixed, per_channel, per_pixel, optimal."
+    assert (
+        str(error.value)
+        == "likelihood.variance='bogus' is not a scale mode; use one of fixed, per_channel, per_pixel, optimal."
+    )
     with pytest.raises(ConfigError) as error:
         GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0)
     assert str(error.value) == "likelihood.fixed_sigma=0 and likelihood.min_sigma=0.001 must both be > 0."
@@ -719,8 +895,8 @@ def test_location_scale_settings_defaults_and_start() -> None:
 
 # ---------------------------------------------------------------- the flow prior
 def test_flow_prior_defaults_and_alternating_masks() -> None:
-    from vae_lab.priors import FlowPrior
-    from vae_lab.priors.affine_coupling import AffineCoupling
+    from vae_lab.model.priors import FlowPrior
+    from vae_lab.model.priors.affine_coupling import AffineCoupling
 
     prior = FlowPrior(latent_dim=3)
     assert prior.latent_dim == 3 and len(prior.couplings) == 4
@@ -739,7 +915,7 @@ def test_flow_prior_defaults_and_alternating_masks() -> None:
 
 # ---------------------------------------------------------------- second round: what the first round left
 def test_objective_defaults_and_unknown_kl_mode() -> None:
-    from vae_lab.objectives import Objective
+    from vae_lab.model.objectives import Objective
 
     class Plain(Objective):
         def loss(self, terms: ELBOTerms, step: int, epoch: int) -> torch.Tensor:
@@ -757,7 +933,7 @@ def test_objective_defaults_and_unknown_kl_mode() -> None:
 
 def test_fixed_priors_keep_nothing_in_the_checkpoint() -> None:
     """N(0, I) and the flow's base are buffers that are not saved: a checkpoint holds learned values only."""
-    from vae_lab.priors import FlowPrior
+    from vae_lab.model.priors import FlowPrior
 
     assert list(StandardNormalPrior(3).state_dict()) == []
     assert not {"loc", "scale"} & set(FlowPrior(latent_dim=2, n_layers=1, hidden_size=4).state_dict())
@@ -815,14 +991,19 @@ def test_end_of_training_evaluation_defaults_to_seed_0_and_step_0(tmp_path: Path
     logger = CSVLogger(tmp_path, name="", version="")
     metrics = evaluate_at_end_of_training({"eval": {"n_importance_samples": 5}}, model, datamodule, loggers=[logger])
     datamodule.setup("test")
-    assert metrics == evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=5, seed=0)).metrics()
+    assert (
+        metrics
+        == evaluate(model, datamodule.splits["test"], EvaluationSettings(n_importance_samples=5, seed=0)).metrics()
+    )
     assert next(csv.DictReader((tmp_path / "metrics.csv").open()))["step"] == "0"
 
 
-def test_a_wandb_failure_while_logging_the_evaluation_is_recorded_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wandb_failure_while_logging_the_evaluation_is_recorded_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import wandb
 
-    from vae_lab.wandb_failsafe import FailSafeWandbLogger
+    from vae_lab.tracking.wandb_failsafe import FailSafeWandbLogger
 
     monkeypatch.chdir(tmp_path)
     logger = FailSafeWandbLogger(project="kill-tests", save_dir=str(tmp_path), offline=True)
@@ -834,7 +1015,7 @@ def test_a_wandb_failure_while_logging_the_evaluation_is_recorded_by_name(tmp_pa
 
 
 def test_flow_prior_passes_its_activation_to_every_coupling() -> None:
-    from vae_lab.priors import FlowPrior
+    from vae_lab.model.priors import FlowPrior
 
     prior = FlowPrior(latent_dim=2, n_layers=2, hidden_size=4, activation="relu")
     for coupling in prior.couplings:
@@ -844,8 +1025,14 @@ def test_flow_prior_passes_its_activation_to_every_coupling() -> None:
 
 def test_a_row_label_names_every_axis() -> None:
     jobs = [
-        ReportJob(Path(f"j{b}{lr}"), "complete", [f"data.batch_size={b}", f"optimizer.lr={lr}"], {"metrics": {"test/elbo": -1.0}})
-        for b in (50, 100) for lr in ("1e-3", "3e-4")
+        ReportJob(
+            Path(f"j{b}{lr}"),
+            "complete",
+            [f"data.batch_size={b}", f"optimizer.lr={lr}"],
+            {"metrics": {"test/elbo": -1.0}},
+        )
+        for b in (50, 100)
+        for lr in ("1e-3", "3e-4")
     ]
     assert build_report(jobs).rows[0].label() == "data.batch_size=50, optimizer.lr=3e-4"
 

@@ -11,20 +11,20 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, quiet_trainer, run_cli
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from conftest import TINY, quiet_trainer, run_cli
-from vae_lab.networks.base import LOG_VARIANCE_BOUND
-from vae_lab.build import build_datamodule, build_model
 from vae_lab.errors import ConfigError
-from vae_lab.likelihoods import BernoulliLikelihood
-from vae_lab.module import VAE
-from vae_lab.networks import MLPDecoder, MLPEncoder
-from vae_lab.objectives import ELBO, IWAE, ELBOTerms, Objective
-from vae_lab.objectives.free_bits import free_bits_kl
-from vae_lab.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
-from vae_lab.priors import StandardNormalPrior
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.likelihoods import BernoulliLikelihood
+from vae_lab.model.networks import MLPDecoder, MLPEncoder
+from vae_lab.model.networks.base import LOG_VARIANCE_BOUND
+from vae_lab.model.objectives import ELBO, IWAE, ELBOTerms, Objective
+from vae_lab.model.objectives.free_bits import free_bits_kl
+from vae_lab.model.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
+from vae_lab.model.priors import StandardNormalPrior
+from vae_lab.model.vae import VAE
 
 IMAGE_SHAPE = (1, 4, 4)
 LATENT_DIM = 3
@@ -100,7 +100,9 @@ def test_analytic_kl_equals_monte_carlo_kl_for_the_standard_prior() -> None:
 def test_analytic_kl_and_free_bits_are_refused_with_priors_that_do_not_allow_them(prior: str, data_root: Path) -> None:
     overrides = [*TINY, f"data.root={data_root}", f"prior={prior}"]
     cfg = compose_objective(*overrides, "objective.kl=analytic")
-    with pytest.raises(ConfigError, match=r"objective.kl=analytic needs a prior with a closed-form KL.*objective.kl=mc"):
+    with pytest.raises(
+        ConfigError, match=r"objective.kl=analytic needs a prior with a closed-form KL.*objective.kl=mc"
+    ):
         build_model(cfg, build_datamodule(cfg))
     cfg = compose_objective(*overrides, "objective.free_bits=0.5")
     with pytest.raises(ConfigError, match=r"objective.free_bits needs the KL of each latent dimension.*prior=standard"):
@@ -113,8 +115,13 @@ def test_analytic_kl_and_free_bits_are_refused_with_priors_that_do_not_allow_the
 
 def test_cli_refuses_analytic_kl_with_a_flow_prior(tmp_path: Path, data_root: Path) -> None:
     result = run_cli(
-        "vae_lab.train", *TINY, f"data.root={data_root}", "prior=flow", "objective.kl=analytic",
-        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+        "vae_lab.train",
+        *TINY,
+        f"data.root={data_root}",
+        "prior=flow",
+        "objective.kl=analytic",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert "objective.kl=analytic needs a prior with a closed-form KL" in result.stderr
@@ -200,9 +207,15 @@ def test_free_bits_work_with_the_monte_carlo_kl_of_a_factorized_prior() -> None:
         (lambda: ELBO(free_bits=-0.1), r"objective.free_bits=-0.1 must be >= 0"),
         (lambda: ELBO(capacity={"max": -1.0, "steps": 10}), r"objective.capacity.max=-1.0 must be >= 0"),
         (lambda: ELBO(capacity={"max": 5.0, "steps": 10, "gama": 2}), r"unknown keys \['gama'\]"),
-        (lambda: ELBO(capacity={"max": 5.0, "steps": 10}, warmup={"steps": 5}), r"does not combine with objective.warmup"),
+        (
+            lambda: ELBO(capacity={"max": 5.0, "steps": 10}, warmup={"steps": 5}),
+            r"does not combine with objective.warmup",
+        ),
         (lambda: ELBO(capacity={"max": 5.0, "steps": 10}, free_bits=0.5), r"does not combine with objective.free_bits"),
-        (lambda: ELBO(capacity={"max": 5.0, "steps": 10}, kl_weight=4.0), r"does not combine with objective.kl_weight=4.0"),
+        (
+            lambda: ELBO(capacity={"max": 5.0, "steps": 10}, kl_weight=4.0),
+            r"does not combine with objective.kl_weight=4.0",
+        ),
     ],
 )
 def test_bad_objective_settings_are_refused(make, message: str) -> None:
@@ -215,14 +228,20 @@ def test_objective_settings_compose_under_their_public_names() -> None:
     assert isinstance(iwae, IWAE) and (iwae.k, iwae.n_samples, iwae.kl) == (7, 7, "mc")
     elbo = instantiate(
         compose_objective(
-            "objective=elbo", "objective.n_samples=3", "objective.kl_weight=0.5", "objective.kl=analytic",
-            "objective.warmup.epochs=100", "objective.free_bits=0.25",
+            "objective=elbo",
+            "objective.n_samples=3",
+            "objective.kl_weight=0.5",
+            "objective.kl=analytic",
+            "objective.warmup.epochs=100",
+            "objective.free_bits=0.25",
         ).objective
     )
     assert (elbo.n_samples, elbo.kl_weight, elbo.kl, elbo.free_bits) == (3, 0.5, "analytic", 0.25)
     assert elbo.warmup == KLWarmup(epochs=100) and elbo.capacity is None
     capped = instantiate(
-        compose_objective("objective.capacity.max=25", "objective.capacity.steps=1000", "objective.capacity.gamma=30").objective
+        compose_objective(
+            "objective.capacity.max=25", "objective.capacity.steps=1000", "objective.capacity.gamma=30"
+        ).objective
     )
     assert capped.capacity == CapacitySchedule(max=25, steps=1000) and capped.capacity_gamma == 30.0
     default = instantiate(compose_objective().objective)
@@ -271,8 +290,13 @@ def test_bound_increases_with_k_on_a_fixed_random_model() -> None:
 
 def test_bound_increases_with_k_on_a_briefly_trained_model(data_root: Path, tmp_path: Path) -> None:
     cfg = compose_objective(
-        *TINY, f"data.root={data_root}", "trainer.max_epochs=3", "model.latent_dim=10",
-        "model.encoder.hidden_sizes=[64]", "objective=iwae", "objective.k=5",
+        *TINY,
+        f"data.root={data_root}",
+        "trainer.max_epochs=3",
+        "model.latent_dim=10",
+        "model.encoder.hidden_sizes=[64]",
+        "objective=iwae",
+        "objective.k=5",
     )
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
@@ -290,7 +314,7 @@ def independent_iwae_loss(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     eps of shape [k, B, Dz] from torch's normal generator (the same stream rsample uses)."""
     encoder = model.encoder
     features = encoder.features(x)
-    # The encoder's documented bound: log sigma^2 = B tanh(raw / B) (vae_lab.networks.base).
+    # The encoder's documented bound: log sigma^2 = B tanh(raw / B) (vae_lab.model.networks.base).
     mean = encoder.mean(features)
     log_variance = LOG_VARIANCE_BOUND * torch.tanh(encoder.log_variance(features) / LOG_VARIANCE_BOUND)
     std = torch.exp(0.5 * log_variance)
@@ -301,7 +325,9 @@ def independent_iwae_loss(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     log_prior = (-0.5 * z**2 - 0.5 * log_2pi).sum(-1)
     logits = model.decoder(z)
     targets = x.expand_as(logits)
-    log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum((-3, -2, -1))
+    log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(
+        (-3, -2, -1)
+    )
     log_weights = log_likelihood + log_prior - log_posterior  # [k, B]
     bound = torch.log(torch.exp(log_weights - log_weights.max(0).values).mean(0)) + log_weights.max(0).values
     return -bound.mean()

@@ -13,33 +13,33 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, compose_config, quiet_trainer, run_cli
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from test_resume import checkpoint_epoch, start_cli
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, TransformedDistribution, kl_divergence
 
-from conftest import TINY, compose_config, quiet_trainer, run_cli
-from test_resume import checkpoint_epoch, start_cli
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.config_schema import find_problems
 from vae_lab.data import ImageDataModule
 from vae_lab.errors import ConfigError
-from vae_lab.evaluation import EvaluationSettings, evaluate, importance_sampled_terms
-from vae_lab.likelihoods import GaussianLikelihood
-from vae_lab.module import VAE
-from vae_lab.networks import GaussianEncoder
-from vae_lab.networks.base import LOG_VARIANCE_BOUND
-from vae_lab.objectives import ELBO
-from vae_lab.pause_points import PAUSE_VARIABLE
-from vae_lab.posteriors import (
+from vae_lab.evaluation.importance_sampling import EvaluationSettings, evaluate, importance_sampled_terms
+from vae_lab.model.build import build_datamodule, build_model
+from vae_lab.model.likelihoods import GaussianLikelihood
+from vae_lab.model.networks import GaussianEncoder
+from vae_lab.model.networks.base import LOG_VARIANCE_BOUND
+from vae_lab.model.objectives import ELBO
+from vae_lab.model.posteriors import (
     MOMENT_SAMPLES,
     DiagonalPosterior,
     FullCovariancePosterior,
     IAFPosterior,
     PlanarPosterior,
 )
-from vae_lab.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
-from vae_lab.run_state import config_differences
+from vae_lab.model.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
+from vae_lab.model.vae import VAE
+from vae_lab.run.pause_points import PAUSE_VARIABLE
+from vae_lab.run.settings import find_problems
+from vae_lab.run.state import config_differences
 
 FAMILIES = {
     "diagonal": DiagonalPosterior,
@@ -183,7 +183,7 @@ def linear_gaussian_vae(family: str, generator: torch.Generator) -> tuple[VAE, t
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_importance_sampling_converges_to_the_exact_log_likelihood(family: str) -> None:
-    """On the linear-Gaussian model the estimate of log p(x) of vae_lab.evaluation, with each family
+    """On the linear-Gaussian model the estimate of log p(x) of vae_lab.evaluation.importance_sampling, with each family
     as the proposal, is within 4 standard errors (and 0.05 nats) of the exact value at k = 20,000 and
     closer than the ELBO (k = 1). With the exact posterior (full covariance) every weight is p(x)."""
     torch.manual_seed(0)
@@ -241,16 +241,30 @@ def test_free_bits_are_refused_with_a_posterior_that_does_not_factorize(family: 
     assert [problem.path for problem in problems] == ["posterior"] and "free_bits" in problems[0].message
     encoder = GaussianEncoder(nn.Flatten(), 4, 2, posterior=FAMILIES[family])
     with pytest.raises(ConfigError, match="does not factorize"):
-        VAE(encoder, nn.Identity(), GaussianLikelihood(1), StandardNormalPrior(2), ELBO(free_bits=0.5),
-            torch.optim.Adam, (1, 2, 2))
+        VAE(
+            encoder,
+            nn.Identity(),
+            GaussianLikelihood(1),
+            StandardNormalPrior(2),
+            ELBO(free_bits=0.5),
+            torch.optim.Adam,
+            (1, 2, 2),
+        )
 
 
 @pytest.mark.parametrize("family", FLOWS)
 def test_analytic_kl_is_refused_for_a_flow(family: str) -> None:
     encoder = GaussianEncoder(nn.Flatten(), 4, 2, posterior=FAMILIES[family])
     with pytest.raises(ConfigError, match="objective.kl=analytic"):
-        VAE(encoder, nn.Identity(), GaussianLikelihood(1), StandardNormalPrior(2), ELBO(kl="analytic"),
-            torch.optim.Adam, (1, 2, 2))
+        VAE(
+            encoder,
+            nn.Identity(),
+            GaussianLikelihood(1),
+            StandardNormalPrior(2),
+            ELBO(kl="analytic"),
+            torch.optim.Adam,
+            (1, 2, 2),
+        )
 
 
 def test_kl_is_analytic_only_with_a_closed_form_and_per_dimension_only_when_both_factorize() -> None:
@@ -284,8 +298,13 @@ PRIORS = ("standard", "mog", "vamp", "flow")
 
 def pair_config(data_root: Path, family: str, prior: str):
     overrides = [
-        *TINY, f"data.root={data_root}", "data.eval_batch_size=100", f"posterior={family}", f"prior={prior}",
-        "model.latent_dim=8", "model.encoder.hidden_sizes=[32]",
+        *TINY,
+        f"data.root={data_root}",
+        "data.eval_batch_size=100",
+        f"posterior={family}",
+        f"prior={prior}",
+        "model.latent_dim=8",
+        "model.encoder.hidden_sizes=[32]",
     ]
     if prior == "vamp":
         overrides.append("prior.n_pseudo_inputs=10")
@@ -337,11 +356,15 @@ def test_a_killed_flow_posterior_run_resumes_and_is_evaluated(data_root: Path, t
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs=", "data.train_subset="))]
     overrides += [
-        "data.train_subset=5000", "trainer.max_epochs=2", "posterior=iaf", "posterior.n_flows=1", "threads=1",
+        "data.train_subset=5000",
+        "trainer.max_epochs=2",
+        "posterior=iaf",
+        "posterior.n_flows=1",
+        "threads=1",
         f"hydra.run.dir={run_dir}",
     ]
     # Killed during its second epoch (steps 91..180 or 101..200, whatever the split), after the first epoch-end
-    # checkpoint: the run waits at step 150 (vae_lab.pause_points) and is killed when it says so.
+    # checkpoint: the run waits at step 150 (vae_lab.run.pause_points) and is killed when it says so.
     killed = start_cli(*overrides, cwd=tmp_path, env={PAUSE_VARIABLE: "step 150"})
     last = run_dir / "checkpoints" / "last.ckpt"
     paused = next((line for line in killed.stderr if line.startswith("vae_lab: paused at step 150")), None)
@@ -376,8 +399,12 @@ def test_a_run_from_before_the_posterior_group_still_resumes_as_diagonal() -> No
 
 @pytest.mark.parametrize(
     "overrides",
-    [["objective.gradient=stl"], ["objective.gradient=score_function"], ["objective=iwae", "objective.gradient=dreg"],
-     ["objective=piwae"]],
+    [
+        ["objective.gradient=stl"],
+        ["objective.gradient=score_function"],
+        ["objective=iwae", "objective.gradient=dreg"],
+        ["objective=piwae"],
+    ],
 )
 def test_a_planar_flow_with_an_estimator_that_needs_log_q_at_a_detached_z_is_refused(overrides: list[str]) -> None:
     """STL, DReG, PIWAE and the score function evaluate log q(z|x) at a detached copy of z, which a planar

@@ -26,9 +26,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TINY, run_cli
+from PIL import Image
 
 GROUP = "vae-lab-report-test-group"
 SWEPT = ["objective.kl_weight=0.5,1.0", "data.batch_size=50,100", "seed=0,1"]
@@ -66,7 +65,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> SimpleNa
         clear_wandb_and_distributed_environment(monkeypatch)
         monkeypatch.setenv("VAE_LAB_DATA", str(data_root))
         jobs_env = {"WANDB_MODE": "disabled"}
-        multirun = run_cli("vae_lab.train", "-m", *SWEPT, *COMMON, f"hydra.sweep.dir={sweep_dir}", cwd=work, env=jobs_env)
+        multirun = run_cli(
+            "vae_lab.train", "-m", *SWEPT, *COMMON, f"hydra.sweep.dir={sweep_dir}", cwd=work, env=jobs_env
+        )
         assert multirun.returncode == 0, multirun.stderr[-3000:]
         failed = run_cli(
             "vae_lab.train", "-m", *FAILING, *COMMON, f"hydra.sweep.dir={failed_dir.parent}", cwd=work, env=jobs_env
@@ -143,7 +144,9 @@ def test_table_matches_the_jobs_summaries(sweep: SimpleNamespace) -> None:
             assert float(row[f"{metric} std"]) == pytest.approx(values.std(ddof=1), rel=1e-9, abs=1e-12)
         elbo = [s["metrics"]["test/elbo"] for s in summaries]
         shown = f"{statistics.fmean(elbo):.2f} ± {statistics.stdev(elbo):.2f}"
-        assert re.search(rf"^\| {kl_weight} \| {batch_size} \| 0, 1 \(2\) \| {re.escape(shown)} \|", sweep.markdown, re.M)
+        assert re.search(
+            rf"^\| {kl_weight} \| {batch_size} \| 0, 1 \(2\) \| {re.escape(shown)} \|", sweep.markdown, re.M
+        )
         assert shown in sweep.html
 
 
@@ -191,7 +194,7 @@ def test_markdown_and_html_hold_the_table_and_every_plot(sweep: SimpleNamespace)
     embedded = sorted(base64.b64decode(s.split(",", 1)[1]) for s in sources)
     assert embedded == sorted((sweep.dir / "report_plots" / name).read_bytes() for name in PLOTS)
     for row in sweep.rows:
-        assert f"<td class=\"text\">{row['objective.kl_weight']}</td>" in sweep.html
+        assert f'<td class="text">{row["objective.kl_weight"]}</td>' in sweep.html
 
 
 def test_table_is_logged_to_wandb_in_the_sweeps_group(sweep: SimpleNamespace) -> None:
@@ -267,7 +270,7 @@ def test_report_html_renders_in_headless_chromium(sweep: SimpleNamespace, tmp_pa
 def load_run(job_dir: Path):
     from omegaconf import OmegaConf
 
-    from vae_lab.build import build_datamodule, build_model
+    from vae_lab.model.build import build_datamodule, build_model
 
     summary = json.loads((job_dir / "summary.json").read_text())
     config = OmegaConf.create(summary["config"])
@@ -279,7 +282,7 @@ def load_run(job_dir: Path):
 
 
 def test_every_run_saves_latent_traversals_and_interpolations(sweep: SimpleNamespace) -> None:
-    from vae_lab.latent_pictures import decode, latent_interpolation, latent_traversal
+    from vae_lab.evaluation.latent_pictures import decode, latent_interpolation, latent_traversal
 
     for job_dir in sweep.job_dirs:
         description = json.loads((job_dir / "images" / "latent_pictures.json").read_text())
@@ -329,7 +332,9 @@ def test_latent_pictures_are_logged_to_wandb(tmp_path: Path, data_root: Path) ->
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
     # under the keys latent/traversals and latent/interpolations (one image size per key)
     logged = {path.read_bytes() for path in (wandb_run / "files" / "media" / "images" / "latent").glob("*.png")}
-    saved = {(run_dir / "images" / name).read_bytes() for name in ("latent_traversals.png", "latent_interpolations.png")}
+    saved = {
+        (run_dir / "images" / name).read_bytes() for name in ("latent_traversals.png", "latent_interpolations.png")
+    }
     assert logged == saved
 
 
@@ -375,13 +380,16 @@ def test_report_on_a_partly_finished_sweep(tmp_path: Path, data_root: Path) -> N
 
 # ---------------------------------------------------------------- pieces without a sweep
 def test_planned_jobs_and_progress_line() -> None:
-    from vae_lab.sweep_progress import planned_job_overrides, progress_line, swept_keys
+    from vae_lab.run.sweep_progress import planned_job_overrides, progress_line, swept_keys
 
     plan = planned_job_overrides(["a=1,2", "b=range(0,3)", "c=3"], {"d": "x,y"})
     assert len(plan) == 12 and ["d=x", "a=1", "b=0", "c=3"] in plan and ["d=y", "a=2", "b=2", "c=3"] in plan
     assert swept_keys(plan) == ["d", "a", "b"]
     assert planned_job_overrides(["a=[1,2"]) is None
-    assert progress_line(3, 1, 8, 120.0) == "[sweep] [########------------] 3/8 jobs done (1 failed), 2 min elapsed, ETA 3 min"
+    assert (
+        progress_line(3, 1, 8, 120.0)
+        == "[sweep] [########------------] 3/8 jobs done (1 failed), 2 min elapsed, ETA 3 min"
+    )
     assert progress_line(8, 0, 8, 30.0) == "[sweep] [####################] 8/8 jobs done, 30 s elapsed"
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from conftest import TINY, run_cli
+from wandb_offline import find_offline_runs, read_offline_run
 
-from vae_lab.pause_points import PAUSE_VARIABLE
-from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+from vae_lab.run.pause_points import PAUSE_VARIABLE
 
 #: 10,000 training images (200 steps of 50 per epoch), 3 epochs, one thread (bitwise-repeatable).
 RESUMABLE = [
@@ -36,7 +36,11 @@ def summary_of(run_dir: Path) -> dict:
 def start_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vae_lab.train", *overrides],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         env={**os.environ, **(env or {})},
     )
 
@@ -70,7 +74,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_root: Path, tmp_pat
     expected = summary_of(reference_dir)
 
     # The same run, killed (SIGKILL) during epoch 1 (steps 201..400), after the first epoch-end checkpoint: the
-    # run waits at step 300 (vae_lab.pause_points) and is killed when it says so, whatever the machine's speed.
+    # run waits at step 300 (vae_lab.run.pause_points) and is killed when it says so, whatever the machine's speed.
     run_dir = tmp_path / "run"
     killed = start_cli(*RESUMABLE, f"hydra.run.dir={run_dir}", cwd=tmp_path, env={PAUSE_VARIABLE: "step 300"})
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -94,7 +98,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_root: Path, tmp_pat
     # Same wandb run: the resumed process logged to the killed run's id.
     assert summary["wandb_run_id"] == interrupted["wandb_run_id"]
     killed_run, resumed_run = find_offline_runs(run_dir)  # offline-run-<time>-<id>: one per process
-    assert killed_run.name.endswith(f"-{summary['wandb_run_id']}") and resumed_run.name.endswith(f"-{summary['wandb_run_id']}")
+    assert killed_run.name.endswith(f"-{summary['wandb_run_id']}") and resumed_run.name.endswith(
+        f"-{summary['wandb_run_id']}"
+    )
     assert read_offline_run(resumed_run).run_id == summary["wandb_run_id"]  # (SIGKILL may cut the other's records)
 
 
@@ -128,6 +134,14 @@ def test_relaunched_sweep_skips_complete_jobs_and_reruns_the_others(data_root: P
     assert [s["config"]["seed"] for s in summaries] == [0, 1, 2]
 
     # A re-launch whose grid changed names other settings under the same job numbers: refused per job.
-    changed = run_cli("vae_lab.train", *sweep[:-2], "seed=5,1,2", f"hydra.sweep.dir={sweep_dir}", "resume=true", cwd=tmp_path, timeout=600)
+    changed = run_cli(
+        "vae_lab.train",
+        *sweep[:-2],
+        "seed=5,1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "resume=true",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert changed.returncode != 0 and "seed: 0 -> 5" in changed.stderr
     assert (sweep_dir / "0" / "summary.json").read_bytes() == job0

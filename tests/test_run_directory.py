@@ -1,5 +1,5 @@
 """The run directory: a refused launch changes nothing in it, one process at a time writes into it
-(vae_lab.run_lock), a lock of a dead process is taken over, a run killed in its first checkpoint
+(vae_lab.run.lock), a lock of a dead process is taken over, a run killed in its first checkpoint
 write restarts cleanly, outputs get the umask's mode, and resume=true can extend a complete run."""
 
 from __future__ import annotations
@@ -144,7 +144,10 @@ def test_one_process_per_run_directory(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = subprocess.Popen(
         [sys.executable, "-m", "vae_lab.train", *TINY, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: is_running(run_dir), first, "it started training")
@@ -184,8 +187,11 @@ def killed_then_resumed(data_root: Path, tmp_path_factory: pytest.TempPathFactor
     script = run_dir.parent / "kill_at_last_checkpoint.py"
     script.write_text(KILL_AT_FIRST_LAST_CHECKPOINT_WRITE)
     killed = subprocess.Popen(
-        [sys.executable, str(script), *TINY, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(script), *TINY, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _, stderr = killed.communicate(timeout=600)
     assert killed.returncode == -signal.SIGKILL, stderr[-3000:]
@@ -234,7 +240,9 @@ def test_the_ddp_ranks_a_run_started_keep_its_lock(data_root: Path, tmp_path: Pa
     run_dir = tmp_path / "run"
     rank_zero = subprocess.Popen(
         [sys.executable, "-m", "vae_lab.train", *TINY, "trainer=ddp_cpu", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ranks: list[int] = []
     try:
@@ -252,7 +260,7 @@ def test_the_ddp_ranks_a_run_started_keep_its_lock(data_root: Path, tmp_path: Pa
             os.kill(pid, signal.SIGKILL)
     while not has_exited(ranks[0]):
         time.sleep(0.05)  # until the kernel has closed the killed rank's files
-    from vae_lab import run_lock
+    from vae_lab.run import lock as run_lock
 
     run_lock.lock(run_dir, "test")  # free now
     run_lock.release(run_dir)

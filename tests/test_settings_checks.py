@@ -1,6 +1,6 @@
 """Issue 12 (settings checks and divergence) and issue 14's dead rules.
 
-- Every rule of vae_lab.config_schema matches a real field and refuses a bad value there; no range
+- Every rule of vae_lab.run.settings matches a real field and refuses a bad value there; no range
   lets NaN or an infinity through.
 - The settings named in the issue are refused with the key, before any data is read: in-process
   through the two calls train() makes first (validate_config, check_training_machine), and through
@@ -29,9 +29,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from tests.conftest import REPO, TINY, compose_config, run_cli
-from vae_lab.config_schema import EVALUATE_RULES, RULES, find_problems, validate_config
 from vae_lab.errors import ConfigError, NumericalError
-from vae_lab.machine_checks import ModelSizes, check_training_machine, model_sizes, training_step_bytes
+from vae_lab.run.machine_checks import ModelSizes, check_training_machine, model_sizes, training_step_bytes
+from vae_lab.run.settings import EVALUATE_RULES, RULES, find_problems, validate_config
 
 QUIET = ["+trainer.enable_progress_bar=false"]
 HAS_CUDA = torch.cuda.is_available()
@@ -168,18 +168,32 @@ ISSUE_SETTINGS = [
     (["objective.capacity.max=-5"], "objective.capacity.max=-5: not allowed; must be >= 0."),
     (["objective.warmup.steps=-3"], "objective.warmup.steps=-3: not allowed; must be a whole number >= 0."),
     # 1e8 samples x 100 images x 2,418 decoder values x 4 bytes: ~88 TiB.
-    (["objective.n_samples=100000000"], ("objective.n_samples=100000000: not possible on this machine: a training "
-                                         "step needs at least 88.0 TiB")),
+    (
+        ["objective.n_samples=100000000"],
+        ("objective.n_samples=100000000: not possible on this machine: a training step needs at least 88.0 TiB"),
+    ),
     # 6.0e10 parameters (encoder 200 -> 2e8, decoder 1e8 -> 200), with their gradients: 449 GiB, + 37 GiB of values.
-    (["model.latent_dim=100000000"], ("model.latent_dim=100000000: not possible on this machine: a training step "
-                                      "needs at least 485.8 GiB (the weights and gradients of 60,200,395,184 parameters")),
+    (
+        ["model.latent_dim=100000000"],
+        (
+            "model.latent_dim=100000000: not possible on this machine: a training step "
+            "needs at least 485.8 GiB (the weights and gradients of 60,200,395,184 parameters"
+        ),
+    ),
     (["eval.memory_budget_mb=100000000"], "eval.memory_budget_mb=100000000: not possible; it is more than the"),
     # The same kind of traceback: 3 x 1e10 log-weights x 16 images; 1e8 validation images x 2,418 values.
-    (["eval.n_importance_samples=10000000000"], ("eval.n_importance_samples=10000000000: not possible on this "
-                                                 "machine: the evaluation keeps 3 x k log-weights for each of at "
-                                                 "least 16 images, 1.7 TiB")),
-    (["data.eval_batch_size=100000000"], ("data.eval_batch_size=100000000: not possible on this machine: a "
-                                          "validation batch needs at least 900.8 GiB")),
+    (
+        ["eval.n_importance_samples=10000000000"],
+        (
+            "eval.n_importance_samples=10000000000: not possible on this "
+            "machine: the evaluation keeps 3 x k log-weights for each of at "
+            "least 16 images, 1.7 TiB"
+        ),
+    ),
+    (
+        ["data.eval_batch_size=100000000"],
+        ("data.eval_batch_size=100000000: not possible on this machine: a validation batch needs at least 900.8 GiB"),
+    ),
 ]
 NO_GPU_SETTINGS = [
     (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: not available on this machine: torch sees no CUDA GPU"),
@@ -204,14 +218,22 @@ def test_devices_this_machine_lacks_are_refused_by_vae_lab(overrides: list[str],
 
 
 def test_the_machine_check_accepts_what_this_machine_has() -> None:
-    for overrides in ([], ["trainer=ddp_cpu"], ["model=conv", "data=cifar", "likelihood=discretized_logistic"],
-                      ["objective=iwae", "objective.k=50"], ["trainer.devices=auto"]):
+    for overrides in (
+        [],
+        ["trainer=ddp_cpu"],
+        ["model=conv", "data=cifar", "likelihood=discretized_logistic"],
+        ["objective=iwae", "objective.k=50"],
+        ["trainer.devices=auto"],
+    ):
         check_training_machine(compose_config(*overrides))
 
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu"), (["objective.n_samples=100000000"], "objective.n_samples")],
+    [
+        (["trainer.accelerator=gpu"], "trainer.accelerator=gpu"),
+        (["objective.n_samples=100000000"], "objective.n_samples"),
+    ],
 )
 def test_cli_refusal_leaves_no_summary_and_the_retry_runs(
     tmp_path: Path, data_root: Path, overrides: list[str], key: str
@@ -223,7 +245,12 @@ def test_cli_refusal_leaves_no_summary_and_the_retry_runs(
     run_dir = tmp_path / "run"
     tiny = [o for o in TINY if not o.startswith("logger=")]
     result = run_cli(
-        "vae_lab.train", *tiny, *QUIET, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "vae_lab.train",
+        *tiny,
+        *QUIET,
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
         env={"VAE_LAB_DATA": str(tmp_path / "no-data-here")},
     )
     assert result.returncode == 2, result.stderr[-3000:]
@@ -232,8 +259,15 @@ def test_cli_refusal_leaves_no_summary_and_the_retry_runs(
     assert not {"summary.json", "checkpoints", "metrics.csv", "wandb"} & {path.name for path in run_dir.glob("*")}
     if key.startswith("objective."):
         return
-    retry = run_cli("vae_lab.train", *TINY, *QUIET, f"data.root={data_root}", "trainer.accelerator=cpu",
-                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    retry = run_cli(
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        f"data.root={data_root}",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert retry.returncode == 0, retry.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
 
@@ -259,8 +293,8 @@ MEASURE_A_STEP = """
 import sys
 import torch
 from tests.conftest import compose_config
-from vae_lab.build import build_networks
-from vae_lab.machine_checks import model_sizes, training_step_bytes
+from vae_lab.model.build import build_networks
+from vae_lab.run.machine_checks import model_sizes, training_step_bytes
 L, B = 64, 100
 cfg = compose_config(f"objective.n_samples={L}", f"data.batch_size={B}")
 sizes = model_sizes(cfg)
@@ -273,7 +307,7 @@ def status_bytes(field):  # VmRSS (now) or VmHWM (the peak since the last reset)
 with open("/proc/self/clear_refs", "w") as file:
     file.write("5")
 before = status_bytes("VmRSS")
-(-likelihood(decoder(encoder(x).rsample((L,)))).log_prob(x).mean()).backward()  # the step of vae_lab.module
+(-likelihood(decoder(encoder(x).rsample((L,)))).log_prob(x).mean()).backward()  # the step of vae_lab.model.vae
 grown = status_bytes("VmHWM") - before
 values = training_step_bytes(sizes.n_parameters, sizes.values_per_sample, L, B) - training_step_bytes(sizes.n_parameters, 0, 0, 0)
 print(grown / values)
@@ -285,8 +319,15 @@ def test_the_estimate_is_a_lower_bound_of_a_real_training_step(tmp_path: Path) -
     memory (reset to the current one just before, so that imports and set-up cannot hide the step) by at
     least the estimated per-sample values, and by less than 5 times them (the bound is not vacuous). The
     weights were built before the measurement."""
-    result = subprocess.run([sys.executable, "-c", MEASURE_A_STEP], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_A_STEP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     ratio = float(result.stdout.split()[-1])
     assert 1.0 <= ratio < 5.0, ratio
@@ -351,12 +392,21 @@ def test_evaluate_cli_refuses_cuda_without_a_gpu(run_dir_with_summary: Path, tmp
 def test_a_finite_divergence_ends_diverged(tmp_path: Path, data_root: Path) -> None:
     """Adam with lr = 1e6: every loss stays finite (issue 12: test/elbo -1.97e12, exit 0, complete)."""
     run_dir = tmp_path / "run"
-    result = run_cli("vae_lab.train", *TINY, *QUIET, "optimizer.lr=1e6", f"data.root={data_root}",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_cli(
+        "vae_lab.train",
+        *TINY,
+        *QUIET,
+        "optimizer.lr=1e6",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "vae_lab: error: training stopped at step 1 (epoch 0, batch 1): train/loss is " in result.stderr
-    assert "beyond 7.84e+06 (10000 x max(|the first checked loss|, 784 values per image)): the training has diverged" \
+    assert (
+        "beyond 7.84e+06 (10000 x max(|the first checked loss|, 784 values per image)): the training has diverged"
         in result.stderr
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged"
     assert summary["error"].startswith("NumericalError: training stopped at step 1")
@@ -390,8 +440,8 @@ def test_legitimate_schedules_and_density_likelihoods_stay_far_from_the_bound(
 ) -> None:
     """Real fits (2 epochs of 10 steps) under the guard, with a good learning rate: none trips, and
     the largest |loss| stays at least 1000 times below the bound."""
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.finite_guard import NonFiniteGuard
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.run.finite_guard import NonFiniteGuard
 
     cfg = compose_config(*TINY, *QUIET, f"data.root={data_root}", "trainer.max_epochs=2", *overrides)
     validate_config(cfg)
@@ -399,8 +449,9 @@ def test_legitimate_schedules_and_density_likelihoods_stay_far_from_the_bound(
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     guard, seen = NonFiniteGuard(1), LossRange()
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[guard, seen], enable_checkpointing=False,
-                                      default_root_dir=str(tmp_path))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=False, callbacks=[guard, seen], enable_checkpointing=False, default_root_dir=str(tmp_path)
+    )
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 20
     assert 0 < seen.largest * 1000 < guard.loss_bound
@@ -409,7 +460,7 @@ def test_legitimate_schedules_and_density_likelihoods_stay_far_from_the_bound(
 def test_the_bound_is_out_of_reach_of_a_gaussian_at_its_scale_floor() -> None:
     """The most negative loss a Gaussian with sigma >= min_sigma can give (every pixel exact, KL 0)
     against the smallest bound the guard uses (D nats x 1e4)."""
-    from vae_lab.finite_guard import DIVERGENCE_FACTOR
+    from vae_lab.run.finite_guard import DIVERGENCE_FACTOR
 
     D = 3 * 32 * 32
     for min_sigma in (1e-3, 1e-6):
@@ -419,17 +470,24 @@ def test_the_bound_is_out_of_reach_of_a_gaussian_at_its_scale_floor() -> None:
 
 def test_the_guard_raises_numerical_error_on_a_finite_blow_up(tmp_path: Path, data_root: Path) -> None:
     """In-process: the same fit as the CLI test, the error type and the step."""
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.finite_guard import NonFiniteGuard
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.run.finite_guard import NonFiniteGuard
 
     cfg = compose_config(*TINY, *QUIET, f"data.root={data_root}", "optimizer.lr=1e6")
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[NonFiniteGuard(4)],
-                                      enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[NonFiniteGuard(4)],
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     with pytest.raises(NumericalError) as raised:
         trainer.fit(model, datamodule=datamodule)
-    assert str(raised.value).startswith("training stopped at step 1 (epoch 0): a non-finite loss or gradient, or a "
-                                        "diverged loss (found by the check every 4 steps; the weights have taken 2")
+    assert str(raised.value).startswith(
+        "training stopped at step 1 (epoch 0): a non-finite loss or gradient, or a "
+        "diverged loss (found by the check every 4 steps; the weights have taken 2"
+    )
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())  # finite, yet diverged

@@ -13,8 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY, run_cli
 from omegaconf import OmegaConf
-
-from vae_lab.wandb_offline import find_offline_runs, read_offline_run
+from wandb_offline import find_offline_runs, read_offline_run
 
 SWEEPS = REPO / "sweeps"
 CONF = REPO / "conf"
@@ -42,7 +41,7 @@ def absent_defaults(name: str) -> list[str]:
     """The ``override /group: option`` entries of the sweep file whose option is not in this checkout."""
     absent = []
     for entry in sweep_file(name).get("defaults", []):
-        for key, option in (entry.items() if isinstance(entry, dict) else []):
+        for key, option in entry.items() if isinstance(entry, dict) else []:
             group = key.removeprefix("override ").strip("/")
             if not (CONF / group / f"{option}.yaml").is_file():
                 absent.append(f"{group}={option}")
@@ -81,7 +80,7 @@ def test_sweep_composes_every_job(name: str) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from vae_lab.config_schema import find_problems
+    from vae_lab.run.settings import find_problems
 
     params = sweeper_params(name)
     jobs = planned_jobs(params)
@@ -101,7 +100,9 @@ def test_sweep_composes_every_job(name: str) -> None:
                 missing.update(absent)
                 continue
             base = compose(config_name="config", overrides=[f"+sweep={name}", *(f"{k}={v}" for k, v in groups.items())])
-            absent = [key for key in parsed if key not in groups and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT]
+            absent = [
+                key for key in parsed if key not in groups and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT
+            ]
             if absent:
                 missing.update(absent)
                 continue
@@ -112,7 +113,7 @@ def test_sweep_composes_every_job(name: str) -> None:
                 else:
                     assert OmegaConf.select(cfg, key) == value
             job_config = compose(config_name="config", overrides=[f"+sweep={name}", *job])
-            assert find_problems(job_config) == [], job  # every key, type and range (vae_lab.config_schema)
+            assert find_problems(job_config) == [], job  # every key, type and range (vae_lab.run.settings)
             composed += 1
     if not composed:
         pytest.skip(f"no job of {name} composes in this checkout yet; missing: {sorted(missing)}")
@@ -169,9 +170,17 @@ def test_samples_vs_batch_through_joblib_with_two_workers(data_root: Path, tmp_p
     """The real sweep file in a tiny form (1 epoch on 500 images, one seed): 4 jobs, 2 workers."""
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        "vae_lab.train", "-m", "+sweep=samples_vs_batch", "seed=0", *QUICK_UNBATCHED, "logger=wandb",
-        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path, timeout=900,
+        "vae_lab.train",
+        "-m",
+        "+sweep=samples_vs_batch",
+        "seed=0",
+        *QUICK_UNBATCHED,
+        "logger=wandb",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_dirs(sweep_dir)
@@ -195,9 +204,17 @@ def test_ddp_job_through_submitit_local(data_root: Path, tmp_path: Path) -> None
     submitit.JobEnvironment (vae_lab starts no processes of its own)."""
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        "vae_lab.train", "-m", *QUICK, "logger=wandb", "trainer=ddp_cpu", "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path, timeout=600, env={"VAE_LAB_RECORD_SHARDS": "1"},
+        "vae_lab.train",
+        "-m",
+        *QUICK,
+        "logger=wandb",
+        "trainer=ddp_cpu",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        timeout=600,
+        env={"VAE_LAB_RECORD_SHARDS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = job_dirs(sweep_dir)
@@ -215,14 +232,21 @@ def test_ddp_job_through_submitit_local(data_root: Path, tmp_path: Path) -> None
 
 def test_failing_jobs_are_recorded_and_the_sweep_goes_on(data_root: Path, tmp_path: Path) -> None:
     """Three kinds of failure in an 8-job multirun: a config refused at start-up (a batch larger than
-    the data), an accelerator this machine does not have (refused by vae_lab.machine_checks), and a run
+    the data), an accelerator this machine does not have (refused by vae_lab.run.machine_checks), and a run
     that diverges (stopped at its first non-finite loss). Each is recorded in its summary.json and in its
     wandb run (failed; diverged for the divergence); the last job still completes; the multirun exits non-zero."""
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        "vae_lab.train", "-m", *QUICK_UNBATCHED, "logger=wandb",
-        "data.batch_size=1000,50", "trainer.accelerator=tpu,cpu", "optimizer.lr=1e30,0.001",
-        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900,
+        "vae_lab.train",
+        "-m",
+        *QUICK_UNBATCHED,
+        "logger=wandb",
+        "data.batch_size=1000,50",
+        "trainer.accelerator=tpu,cpu",
+        "optimizer.lr=1e30,0.001",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        timeout=900,
     )
     assert result.returncode == 1
     assert "JobFailedError" in result.stderr
@@ -233,9 +257,13 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(data_root: Path, tmp_pa
     assert all("trainer.accelerator=tpu: not available on this machine" in error for error in errors[4:6])
     assert errors[6].startswith("NumericalError: training stopped at") and "optimizer.lr" in errors[6]
     assert summaries[7]["metrics"]["test/elbo"] < 0
-    expected = [(batch, accelerator, lr) for batch in (1000, 50) for accelerator in ("tpu", "cpu") for lr in (1e30, 0.001)]
-    recorded = [(s["config"]["data"]["batch_size"], s["config"]["trainer"]["accelerator"], s["config"]["optimizer"]["lr"])
-                for s in summaries]
+    expected = [
+        (batch, accelerator, lr) for batch in (1000, 50) for accelerator in ("tpu", "cpu") for lr in (1e30, 0.001)
+    ]
+    recorded = [
+        (s["config"]["data"]["batch_size"], s["config"]["trainer"]["accelerator"], s["config"]["optimizer"]["lr"])
+        for s in summaries
+    ]
     assert recorded == expected
     # Every job is its own wandb run in the sweep's group; failed runs say so in their summary.
     runs = {run.run_id: run for run in map(read_offline_run, find_offline_runs(sweep_dir))}
@@ -245,4 +273,6 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(data_root: Path, tmp_pa
         if summary["status"] != "complete":
             assert run.summary["status"] == summary["status"] and run.summary["error"] == summary["error"]
         else:
-            assert "status" not in run.summary and run.summary["test/elbo"] == pytest.approx(summary["metrics"]["test/elbo"])
+            assert "status" not in run.summary and run.summary["test/elbo"] == pytest.approx(
+                summary["metrics"]["test/elbo"]
+            )

@@ -18,7 +18,14 @@ from vae_lab.data import MNISTDataModule
 
 METRIC_NAMES = ("elbo", "reconstruction", "kl", "bpd")
 #: 784-200-200-50 encoder (mean and log-variance heads) and 50-200-200-784 decoder.
-MLP_PARAMETERS = (784 * 200 + 200) + (200 * 200 + 200) + 2 * (200 * 50 + 50) + (50 * 200 + 200) + (200 * 200 + 200) + (200 * 784 + 784)
+MLP_PARAMETERS = (
+    (784 * 200 + 200)
+    + (200 * 200 + 200)
+    + 2 * (200 * 50 + 50)
+    + (50 * 200 + 200)
+    + (200 * 200 + 200)
+    + (200 * 784 + 784)
+)
 GRID_SIDE = 8 * (28 + 2) + 2  # 8 columns and 8 rows of 28x28 images with 2-pixel padding
 
 

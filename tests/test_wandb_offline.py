@@ -8,8 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from vae_lab.wandb_offline import BLOCK_SIZE, OfflineRunError, find_offline_runs, read_offline_run
+from wandb_offline import BLOCK_SIZE, OfflineRunError, find_offline_runs, read_offline_run
 
 WRITE_RUN = textwrap.dedent(
     """

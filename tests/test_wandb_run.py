@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from conftest import TINY, logged_metrics
+from wandb_offline import find_offline_runs, read_offline_run
 
-from vae_lab.wandb_offline import find_offline_runs, read_offline_run
-from vae_lab.wandb_run import KL_PER_DIM_KEY
+from vae_lab.tracking.wandb_run import KL_PER_DIM_KEY
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,12 @@ def test_run_is_named_after_the_overrides_and_holds_the_config(tiny_default_run,
 def test_history_holds_the_metrics_of_summary_and_csv(tiny_default_run, offline_run) -> None:
     run_dir, _ = tiny_default_run
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
-    assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(metrics)
+    assert {f"{stage}/{name}" for stage in ("val", "test") for name in ("elbo", "reconstruction", "kl", "bpd")} <= set(
+        metrics
+    )
     for key, value in metrics.items():
         per_dim = KL_PER_DIM_KEY.match(key)
-        if key == "val/elbo":  # its summary is its best value over the epochs (vae_lab.wandb_run)
+        if key == "val/elbo":  # its summary is its best value over the epochs (vae_lab.tracking.wandb_run)
             assert offline_run.summary[key] == {"max": pytest.approx(max(offline_run.values(key)), rel=1e-6)}
         elif per_dim:  # one list per stage in the summary, not a key per dimension
             assert offline_run.summary[f"{per_dim['stage']}/kl_per_dim"][int(per_dim["dim"])] == pytest.approx(value)
@@ -76,7 +77,9 @@ def test_image_grids_are_in_the_run(offline_run) -> None:
     assert traversals[0]["captions"][0].startswith("traversals") and traversals[0]["count"] == 1
     assert images[0]["format"] == traversals[0]["format"] == interpolations[0]["format"] == "png"
     heatmaps = [row["kl_per_dim_heatmap"] for row in offline_run.history if "kl_per_dim_heatmap" in row]
-    assert len(heatmaps) == 1 and heatmaps[0]["format"] == "png"  # posterior collapse over training (vae_lab.collapse)
+    assert (
+        len(heatmaps) == 1 and heatmaps[0]["format"] == "png"
+    )  # posterior collapse over training (vae_lab.evaluation.collapse)
     filenames = images[0]["filenames"] + traversals[0]["filenames"] + interpolations[0]["filenames"]
     filenames += heatmaps[0]["filenames"]
     assert sorted(filenames) == [f for f in offline_run.files if f.endswith(".png")]

@@ -8,10 +8,10 @@ the sweep's runs (its wandb group):
   (``likelihood=gaussian``) groups by ``choices.<group>``, another (``objective.kl_weight=2``) by
   its config key;
 - the rate (``test/kl``) against the distortion (``-test/reconstruction``) of every job;
-- the KL of each latent dimension (the per-epoch charts of vae_lab.wandb_run);
+- the KL of each latent dimension (the per-epoch charts of vae_lab.tracking.wandb_run);
 - the image panels (reconstructions, prior samples, traversals; per epoch and at the end).
 
-Online (an API key, vae_lab.tracking) it saves the view and prints its URL. Offline it writes the
+Online (an API key, vae_lab.tracking.wandb_mode) it saves the view and prints its URL. Offline it writes the
 view's specification (the ``Workspace``, as JSON) to ``<sweep dir>/dashboard.json`` and says how to
 publish it once online: ``wandb sync`` the runs, then run this command again.
 """
@@ -31,10 +31,14 @@ log = logging.getLogger("vae_lab.dashboard")
 
 SPEC_FILE = "dashboard.json"
 INSTALL_HINT = "pip install 'vae_lab[dashboard]'  (or: pip install wandb-workspaces==0.4.13)"
-#: The image keys of a vae_lab run (vae_lab.wandb_run, vae_lab.latent_pictures, vae_lab.train).
+#: The image keys of a vae_lab run (vae_lab.tracking.wandb_run, vae_lab.evaluation.latent_pictures, vae_lab.train).
 IMAGE_KEYS = (
-    "images/reconstructions", "images/samples", "images/traversals",
-    "latent/traversals", "latent/interpolations", "images",
+    "images/reconstructions",
+    "images/samples",
+    "images/traversals",
+    "latent/traversals",
+    "latent/interpolations",
+    "images",
 )
 KL_TABLES = ("val/kl_per_dim_chart_table", "test/kl_per_dim_chart_table")
 
@@ -54,7 +58,7 @@ def sweep_wandb(jobs: list[Any]) -> dict[str, Any]:
     records = [record for record in records if record.get("status") == "ok"]
     if not records:
         raise ConfigError(
-            "none of the sweep's jobs has a wandb run (summary.json has no \"wandb\": {\"status\": \"ok\"}); "
+            'none of the sweep\'s jobs has a wandb run (summary.json has no "wandb": {"status": "ok"}); '
             "train the sweep with logger=wandb (the default) to get a dashboard."
         )
 
@@ -66,8 +70,8 @@ def sweep_wandb(jobs: list[Any]) -> dict[str, Any]:
 
 
 def read_group_file(sweep_dir: Path) -> str | None:
-    """The sweep's wandb group as vae_lab.jobs fixed it (``<sweep dir>/.wandb_group``), or None."""
-    from vae_lab.jobs import GROUP_FILE
+    """The sweep's wandb group as vae_lab.run.jobs fixed it (``<sweep dir>/.wandb_group``), or None."""
+    from vae_lab.run.jobs import GROUP_FILE
 
     path = sweep_dir / GROUP_FILE
     return path.read_text().strip() or None if path.is_file() else None
@@ -88,8 +92,12 @@ def build_workspace(jobs: list[Any], axes: list[str], identity: dict[str, Any], 
                 is_open=True,
                 panels=[
                     wr.LinePlot(
-                        title=f"val/elbo by {axis}", x="epoch", y=["val/elbo"], groupby=by,
-                        groupby_aggfunc="mean", groupby_rangefunc="minmax",
+                        title=f"val/elbo by {axis}",
+                        x="epoch",
+                        y=["val/elbo"],
+                        groupby=by,
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="minmax",
                     ),
                     *[
                         wr.BarPlot(title=f"{metric} by {axis}", metrics=[metric], groupby=by, groupby_aggfunc="mean")
@@ -163,7 +171,7 @@ def make_dashboard(sweep_dir: Path, name: str | None = None, mode: str | None = 
     (offline); returns what was done, one line."""
     from vae_lab.files import write_json_atomically
     from vae_lab.report.jobs import collect_jobs, swept_axes
-    from vae_lab.tracking import resolve_wandb_mode
+    from vae_lab.tracking.wandb_mode import resolve_wandb_mode
 
     sweep_dir = Path(sweep_dir)
     jobs = [job for job in collect_jobs([sweep_dir]) if job.status != "pending"]
@@ -193,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vae_lab.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory of a `python -m vae_lab.train -m ...` run")
     parser.add_argument("--name", default=None, help="the view's name (default: vae_lab <wandb group>)")
-    parser.add_argument("--mode", choices=("auto", "online", "offline"), default=None,
-                        help="online saves the view, offline writes dashboard.json (default: online with an API key)")
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "online", "offline"),
+        default=None,
+        help="online saves the view, offline writes dashboard.json (default: online with an API key)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:

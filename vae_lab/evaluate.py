@@ -2,7 +2,7 @@
 
 Rebuilds the model from the run's saved config (``<run dir>/.hydra/config.yaml``), loads the best
 checkpoint (or ``checkpoint=<path>``, or ``run_dir=<a .ckpt file>``), computes the importance-sampled
-log-likelihood and the other test metrics of :mod:`vae_lab.evaluation`, prints them, and writes them
+log-likelihood and the other test metrics of :mod:`vae_lab.evaluation.importance_sampling`, prints them, and writes them
 into the run's ``summary.json`` (atomically, keeping its other fields). Settings: conf/evaluate.yaml.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab import run_lock
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
+from vae_lab.run import lock as run_lock
+from vae_lab.run.state import with_current_targets
 
 CONFIG_PATH = "pkg://vae_lab.conf"
 
@@ -61,14 +62,16 @@ def read_summary(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one.") from error
+        raise ConfigError(
+            f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one."
+        ) from error
 
 
 def read_state_dict(checkpoint: Path, config: DictConfig | None = None, config_source: str = "") -> dict[str, Any]:
     """The model parameters in a Lightning checkpoint; CheckpointError when the file is missing,
     truncated, corrupt, not a Lightning checkpoint, holds non-finite weights, or was written with
-    other model or data settings than ``config`` (from ``config_source``) (vae_lab.checkpoints)."""
-    from vae_lab.checkpoints import check_checkpoint
+    other model or data settings than ``config`` (from ``config_source``) (vae_lab.run.checkpoints)."""
+    from vae_lab.run.checkpoints import check_checkpoint
 
     if not checkpoint.is_file():
         listing = sorted(p.name for p in checkpoint.parent.glob("*.ckpt")) if checkpoint.parent.is_dir() else []
@@ -102,7 +105,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
     is not readable YAML, or not a config this version of vae_lab can build."""
     import yaml
 
-    from vae_lab.config_schema import validate_config
+    from vae_lab.run.settings import validate_config
 
     path = run_dir / RUN_CONFIG
     try:
@@ -114,6 +117,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
         ) from error
     if not isinstance(run_cfg, DictConfig):
         raise ConfigError(f"{path} holds a {type(run_cfg).__name__}, not the run's config (a mapping); restore it.")
+    run_cfg = with_current_targets(run_cfg)  # a run written before the package moved
     try:
         validate_config(run_cfg)
     except ConfigError as error:
@@ -125,14 +129,14 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run named by ``cfg.run_dir``, update its summary.json; returns the summary."""
     import torch
 
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.config_schema import validate_evaluate_config
-    from vae_lab.decompositions import METRIC_NAMES
-    from vae_lab.evaluation import EvaluationSettings, ProgressPrinter, evaluate
+    from vae_lab.evaluation.decompositions import METRIC_NAMES
+    from vae_lab.evaluation.importance_sampling import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
-    from vae_lab.machine_checks import evaluation_device
-    from vae_lab.provenance import provenance
-    from vae_lab.threads import choose_threads
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.run.machine_checks import evaluation_device
+    from vae_lab.run.provenance import provenance
+    from vae_lab.run.settings import validate_evaluate_config
+    from vae_lab.run.threads import choose_threads
 
     validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
     device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
@@ -163,7 +167,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     load_weights(model, checkpoint, state_dict)
     model.to(device)
     threads = cfg.threads or run_cfg.get("threads")
-    if threads:  # a number, or auto: by model size, as in training (vae_lab/threads.py)
+    if threads:  # a number, or auto: by model size, as in training (vae_lab/run/threads.py)
         torch.set_num_threads(
             choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=device.type)
         )
@@ -183,7 +187,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomically(summary_path, summary)
     run_lock.release(run_dir)
     if cfg.get("wandb", True):
-        from vae_lab.wandb_run import record_evaluation
+        from vae_lab.tracking.wandb_run import record_evaluation
 
         record_evaluation(run_dir, summary, result.metrics(), run_cfg)
 

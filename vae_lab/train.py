@@ -15,9 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.early_signals import stop_quietly_on_signals
-from vae_lab.jobs import Job, run_job
-from vae_lab.launchers import register_launcher_configs
+from vae_lab.run.early_signals import stop_quietly_on_signals
+from vae_lab.run.jobs import Job, run_job
+from vae_lab.run.launchers import register_launcher_configs
 
 CONFIG_PATH = "pkg://vae_lab.conf"
 
@@ -27,38 +27,38 @@ register_launcher_configs()
 
 def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     """Fit, evaluate the best checkpoint, save images and the summary; returns the summary.
-    ``job`` (vae_lab.jobs) says where this process stands: rank, resume, wandb identity."""
+    ``job`` (vae_lab.run.jobs) says where this process stands: rank, resume, wandb identity."""
     if job is None:
         job = Job.from_hydra()
         job.prepare(cfg)
     import lightning as L
     import torch
 
-    from vae_lab.build import build_datamodule, build_model
-    from vae_lab.checkpoint_integrity import CheckpointRecord
-    from vae_lab.checkpoint_io import AtomicCheckpointIO
-    from vae_lab.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
-    from vae_lab.collapse import save_heatmap
-    from vae_lab.compilation import compile_networks
-    from vae_lab.config_schema import validate_config
-    from vae_lab.console import metrics_csv_logger, route_lightning_logs
-    from vae_lab.epoch_timer import epoch_timer_from_environment
-    from vae_lab.evaluation import evaluate_at_end_of_training
+    from vae_lab.evaluation.collapse import save_heatmap
+    from vae_lab.evaluation.gradient_snr import gradient_snr_callbacks
+    from vae_lab.evaluation.images import reconstruction_grid, save_grid
+    from vae_lab.evaluation.importance_sampling import evaluate_at_end_of_training
+    from vae_lab.evaluation.latent_pictures import save_latent_pictures
     from vae_lab.files import check_writable_directory, write_json_atomically
-    from vae_lab.finite_guard import NonFiniteGuard
-    from vae_lab.gradient_snr import gradient_snr_callbacks
-    from vae_lab.images import reconstruction_grid, save_grid
-    from vae_lab.interrupts import GracefulInterrupt
-    from vae_lab.latent_pictures import save_latent_pictures
-    from vae_lab.machine_checks import check_training_machine
-    from vae_lab.provenance import provenance_fields
-    from vae_lab.resume import keep_logged_epochs
-    from vae_lab.seeds import seed_stage
-    from vae_lab.step_overheads import step_overhead_callbacks
-    from vae_lab.stopped_runs import record_stopped_run
-    from vae_lab.threads import choose_threads
-    from vae_lab.tracking import offline_sync_hint
-    from vae_lab.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
+    from vae_lab.model.build import build_datamodule, build_model
+    from vae_lab.model.compilation import compile_networks
+    from vae_lab.model.seeds import seed_stage
+    from vae_lab.run.checkpoint_integrity import CheckpointRecord
+    from vae_lab.run.checkpoint_io import AtomicCheckpointIO
+    from vae_lab.run.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
+    from vae_lab.run.epoch_timer import epoch_timer_from_environment
+    from vae_lab.run.finite_guard import NonFiniteGuard
+    from vae_lab.run.interrupts import GracefulInterrupt
+    from vae_lab.run.machine_checks import check_training_machine
+    from vae_lab.run.provenance import provenance_fields
+    from vae_lab.run.resume import keep_logged_epochs
+    from vae_lab.run.settings import validate_config
+    from vae_lab.run.step_overheads import step_overhead_callbacks
+    from vae_lab.run.stopped_runs import record_stopped_run
+    from vae_lab.run.threads import choose_threads
+    from vae_lab.tracking.console import metrics_csv_logger, route_lightning_logs
+    from vae_lab.tracking.wandb_mode import offline_sync_hint
+    from vae_lab.tracking.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
 
     route_lightning_logs()  # Lightning's lines once, into train.log too
     validate_config(cfg)  # every key, type and range, before any work
@@ -107,7 +107,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     device = trainer.strategy.root_device.type
-    threads = choose_threads(cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device)
+    threads = choose_threads(
+        cfg.threads, model, datamodule.image_shape, datamodule.batch_size, trainer.num_devices, device
+    )
     if job.threads_from_launcher:  # a parallel launcher's worker: never more than its share of the cores
         threads = min(threads, job.threads)
     torch.set_num_threads(threads)
@@ -115,7 +117,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     try:
         # Under DDP, job.processes starts the other ranks and joins them after testing. Until the images are
-        # saved, a signal stops the run at a safe point (vae_lab.interrupts); after it, vae_lab.early_signals.
+        # saved, a signal stops the run at a safe point (vae_lab.run.interrupts); after it, vae_lab.run.early_signals.
         with interrupt:
             with job.processes(trainer, cfg):
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -128,9 +130,16 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
                     metrics.update({name: float(value) for name, value in results[0].items()})
             if trainer.is_global_zero:
                 # Under DDP only rank 0 evaluates: the IS log-likelihood etc. of the best checkpoint's weights.
-                metrics.update(evaluate_at_end_of_training(
-                    cfg, model, datamodule, trainer.loggers, trainer.global_step, safe_point=interrupt.at_evaluation_batch
-                ))
+                metrics.update(
+                    evaluate_at_end_of_training(
+                        cfg,
+                        model,
+                        datamodule,
+                        trainer.loggers,
+                        trainer.global_step,
+                        safe_point=interrupt.at_evaluation_batch,
+                    )
+                )
                 interrupt.safe_point("images", " before the image grids")
                 seed_stage(cfg.seed, "images")
                 test_images = datamodule.example_images("test", 32).to(model.device)
@@ -143,7 +152,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
                 for name, grid in images.items():
                     save_grid(grid, run_dir / "images" / f"{name}.png", columns=8)
                 save_latent_pictures(model, datamodule, run_dir, wandb_logger)
-                save_heatmap(run_dir, wandb_logger, trainer.loggers)  # posterior collapse over training (vae_lab.collapse)
+                save_heatmap(
+                    run_dir, wandb_logger, trainer.loggers
+                )  # posterior collapse over training (vae_lab.evaluation.collapse)
     except BaseException as error:
         # A failure or an interruption: record it (summary.json, wandb) and say what to do.
         known = {

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from vae_lab.data.batches import InMemoryBatches
 from vae_lab.data.dataloader import DataLoaderBatches, UInt8Images
-from vae_lab.data_forms import DataForm
+from vae_lab.data.forms import DataForm
 from vae_lab.errors import ConfigError, DataFileError, DataNotFoundError
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -131,9 +131,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     # ------------------------------------------------------------------ configuration checks
     def _check_binarization(self, binarization: str | None) -> str:
         if binarization is not None and binarization not in BINARIZATIONS:
-            raise ConfigError(
-                f"data.binarization={binarization!r} is unknown; use one of {', '.join(BINARIZATIONS)}."
-            )
+            raise ConfigError(f"data.binarization={binarization!r} is unknown; use one of {', '.join(BINARIZATIONS)}.")
         if self.data_form is DataForm.BINARY and not self.binarizable:
             raise ConfigError(
                 f"This likelihood is a distribution over binary pixels, but {self.name} is colour data that "
@@ -199,7 +197,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def prepare_data(self) -> None:
         """Make the files ready before anything reads them: fetch the missing ones (``download=true``),
         then refuse missing, damaged or foreign files with one clear error. Runs once per data module,
-        at the first of :func:`vae_lab.build.build_datamodule`, :meth:`setup` (the output-bias
+        at the first of :func:`vae_lab.model.build.build_datamodule`, :meth:`setup` (the output-bias
         initialisation and the VampPrior read the training set before any Trainer exists) and the
         Trainer's own call."""
         if self.files_ready:
@@ -340,7 +338,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         or n drawn at random without replacement when a ``generator`` is given."""
         self.setup()
         images = self.splits[split]
-        images = images[torch.randperm(images.shape[0], generator=generator)[:n]] if generator is not None else images[:n]
+        images = (
+            images[torch.randperm(images.shape[0], generator=generator)[:n]] if generator is not None else images[:n]
+        )
         if split == "train":
             return self._train_transform()(images, torch.Generator(images.device).manual_seed(self.seed))
         return images

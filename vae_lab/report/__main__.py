@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vae_lab.errors import VaeLabError
-from vae_lab.tracking import WANDB_MODES
+from vae_lab.tracking.wandb_mode import WANDB_MODES
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,15 +19,22 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep directory (multirun/...) and/or run directories")
     parser.add_argument(
-        "--output-dir", type=Path, default=None, help="where to write (default: the sweep directory; for several "
-        "paths, their closest common parent)"
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where to write (default: the sweep directory; for several paths, their closest common parent)",
     )
     parser.add_argument("--no-wandb", action="store_true", help="do not log the table to wandb")
     parser.add_argument(
-        "--wandb-mode", choices=WANDB_MODES, default=None, help="wandb mode for the report's run (default: the "
-        "jobs' logger.wandb.mode; nothing is logged when the jobs had no wandb logger)"
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="wandb mode for the report's run (default: the "
+        "jobs' logger.wandb.mode; nothing is logged when the jobs had no wandb logger)",
     )
-    parser.add_argument("--group", default=None, help="wandb group (default: the jobs' group, else the sweep directory's name)")
+    parser.add_argument(
+        "--group", default=None, help="wandb group (default: the jobs' group, else the sweep directory's name)"
+    )
     return parser.parse_args(argv)
 
 
@@ -53,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         for where in job.unreadable or [str(job.directory)]:  # an unreadable job: <file>: <reason>
             print(f"vae_lab.report: {job.status}: {where} ({' '.join(job.overrides)})")
     print(f"vae_lab.report: wandb: {files.wandb}")
-    print(f"vae_lab.report: wrote {files.markdown}, {files.csv.name}, {files.html.name} and {len(files.plots)} plots in {files.plots[0].parent if files.plots else '-'}")
+    print(
+        f"vae_lab.report: wrote {files.markdown}, {files.csv.name}, {files.html.name} and {len(files.plots)} plots in {files.plots[0].parent if files.plots else '-'}"
+    )
     return 0
 
 

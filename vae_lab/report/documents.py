@@ -28,7 +28,9 @@ code { background: #f4f4f4; padding: 1px 4px; }
 def headline(report: Report) -> str:
     counts = report.status_counts()
     order = ["complete", *NOT_COMPLETE]
-    parts = [f"{counts[s]} {s}" for s in order if counts.get(s)] + [f"{n} {s}" for s, n in counts.items() if s not in order]
+    parts = [f"{counts[s]} {s}" for s in order if counts.get(s)] + [
+        f"{n} {s}" for s, n in counts.items() if s not in order
+    ]
     axes = ", ".join(report.axes) or "none (one setting)"
     return f"{len(report.jobs)} jobs ({', '.join(parts)}); swept axes: {axes}; seeds are replicates."
 
@@ -41,7 +43,13 @@ def relative(path: Path, start: Path) -> str:
 
 
 def to_markdown(
-    report: Report, title: str, command: str, plots: list[tuple[str, Path]], notes: list[str], output_dir: Path, wandb_note: str
+    report: Report,
+    title: str,
+    command: str,
+    plots: list[tuple[str, Path]],
+    notes: list[str],
+    output_dir: Path,
+    wandb_note: str,
 ) -> str:
     header, cells = table_cells(report)
     lines = [
@@ -68,7 +76,9 @@ def to_markdown(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def html_table(header: list[str], cells: list[list[str]], text_columns: int, incomplete: list[bool] | None = None) -> str:
+def html_table(
+    header: list[str], cells: list[list[str]], text_columns: int, incomplete: list[bool] | None = None
+) -> str:
     def cell(tag: str, index: int, value: str) -> str:
         last = index == len(header) - 1
         kind = ' class="wrap"' if last and tag == "td" else ' class="text"' if index < text_columns or last else ""
@@ -85,7 +95,9 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def to_html(report: Report, title: str, command: str, plots: list[tuple[str, Path]], notes: list[str], wandb_note: str) -> str:
+def to_html(
+    report: Report, title: str, command: str, plots: list[tuple[str, Path]], notes: list[str], wandb_note: str
+) -> str:
     header, cells = table_cells(report)
     incomplete = [bool(row.not_complete) for row in report.rows]
     parts = [

@@ -2,7 +2,7 @@
 
 A job is a directory holding ``.hydra/`` or ``summary.json``. Its status: ``complete`` (summary.json
 with status complete), ``failed`` (summary.json with status failed, or no summary.json but the
-``failure.json`` that :class:`vae_lab.sweep_progress.SweepProgress` writes when a job raises),
+``failure.json`` that :class:`vae_lab.run.sweep_progress.SweepProgress` writes when a job raises),
 ``unfinished`` (neither: still running, killed, or exited without either), ``unreadable`` (its
 summary.json, failure.json or metrics.csv exists but cannot be read: the job is listed with the file
 and the reason, never taken for unfinished nor averaged into the table), or ``pending`` (planned by
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_lab.errors import ConfigError
-from vae_lab.sweep_progress import FAILURE_FILE
+from vae_lab.run.sweep_progress import FAILURE_FILE
 
 REPLICATE_AXIS = "seed"
 #: Override keys that never make a setting: where things are, not what is trained.
@@ -103,7 +103,9 @@ class Job:
             return [float(v) for v in value], "test/kl_per_dim (full test set)"
         description = read_json(self.directory / "images" / "latent_pictures.json")
         if description and description.get("kl_per_dim"):
-            return [float(v) for v in description["kl_per_dim"]], str(description.get("kl_per_dim_source", "latent pictures"))
+            return [float(v) for v in description["kl_per_dim"]], str(
+                description.get("kl_per_dim_source", "latent pictures")
+            )
         return None, "no test/kl_per_dim in summary.json and no images/latent_pictures.json"
 
 
@@ -251,20 +253,24 @@ def read_job(directory: Path) -> Job:
     failure = attempt(read_json_object, directory / FAILURE_FILE, None) if not summary and not unreadable else None
     curve = attempt(read_validation_curve, directory / "metrics.csv", [])
     status = str(summary.get("status", "complete")) if summary else "failed" if failure else "unfinished"
-    status = "unfinished" if status == "running" else status  # vae_lab.run_state: started, never ended
+    status = "unfinished" if status == "running" else status  # vae_lab.run.state: started, never ended
     status = UNREADABLE if unreadable else status
     summary = summary or failure or {}
     overrides = summary.get("overrides")
     if overrides is None:
         overrides = read_yaml(directory / ".hydra" / "overrides.yaml") or []
     config = summary.get("config") or read_yaml(directory / ".hydra" / "config.yaml") or {}
-    choices = summary.get("choices") or nested_get(read_yaml(directory / ".hydra" / "hydra.yaml") or {}, "hydra.runtime.choices") or {}
+    choices = (
+        summary.get("choices")
+        or nested_get(read_yaml(directory / ".hydra" / "hydra.yaml") or {}, "hydra.runtime.choices")
+        or {}
+    )
     return Job(directory, status, [str(o) for o in overrides], summary, config, choices, curve, unreadable)
 
 
 def sweep_plan(sweep_dir: Path) -> list[list[str]] | None:
     """The override list of every job ``<sweep_dir>/multirun.yaml`` plans, in job-number order."""
-    from vae_lab.sweep_progress import planned_job_overrides
+    from vae_lab.run.sweep_progress import planned_job_overrides
 
     multirun = read_yaml(sweep_dir / "multirun.yaml")
     if not multirun:

@@ -57,7 +57,9 @@ def make_report(
     title = f"Ablation report: {output_dir.name}"
     return ReportFiles(
         report=report,
-        markdown=write_text(output_dir / "report.md", to_markdown(report, title, command, plots, notes, output_dir, wandb_note)),
+        markdown=write_text(
+            output_dir / "report.md", to_markdown(report, title, command, plots, notes, output_dir, wandb_note)
+        ),
         csv=write_text(output_dir / "report.csv", to_csv(report)),
         html=write_text(output_dir / "report.html", to_html(report, title, command, plots, notes, wandb_note)),
         plots=[path for _, path in plots],

@@ -9,7 +9,7 @@
 - ``rate_distortion.png``: every complete job as a point (D, R) = (-test/reconstruction, test/kl)
   (Alemi et al. 2018), one colour per setting, with the lines R + D = -ELBO = const;
 - ``kl_per_dim_heatmaps.png``: for every job, the KL of each latent dimension after each epoch
-  (posterior collapse over training, vae_lab.collapse), on one colour scale.
+  (posterior collapse over training, vae_lab.evaluation.collapse), on one colour scale.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def metrics_against_axis(report: Report, axis: str, path: Path) -> Path | None:
     rows_of_panels = -(-len(test_metrics) // columns)
     figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.4 * rows_of_panels), squeeze=False)
     for panel, metric in zip(panels.flat, test_metrics):
-        for colour, (group, rows) in zip(colours(len(groups)), sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]])):
+        for colour, (group, rows) in zip(
+            colours(len(groups)), sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]])
+        ):
             points = [(positions[row.setting[axis]], row.statistic(metric)) for row in rows]
             points = sorted((x, s) for x, s in points if s is not None)
             if not points:
@@ -120,7 +122,15 @@ def training_curves(report: Report, path: Path) -> Path | None:
         label = None if index in labelled else report.rows[index].label()
         labelled.add(index)
         style = "-" if job.status == "complete" else ":"
-        panel.plot([e for e, _ in curve], [v for _, v in curve], style, marker=".", color=palette[index], label=label, alpha=0.85)
+        panel.plot(
+            [e for e, _ in curve],
+            [v for _, v in curve],
+            style,
+            marker=".",
+            color=palette[index],
+            label=label,
+            alpha=0.85,
+        )
     if max(len(curve) for _, _, curve in curves) >= 4:
         # The first epoch's ELBO is far below the rest: keep the scale for the epochs after it.
         low = min(v for _, _, curve in curves for _, v in curve[1:])
@@ -279,8 +289,8 @@ def rate_distortion(report: Report, path: Path) -> Path | None:
 
 def collapse_heatmaps(report: Report, path: Path) -> Path | None:
     """For every job with a KL per latent dimension in its metrics.csv, the heatmap of that KL against
-    the epoch (vae_lab.collapse), all on one colour scale, one panel per job."""
-    from vae_lab.collapse import draw_heatmap, kl_history
+    the epoch (vae_lab.evaluation.collapse), all on one colour scale, one panel per job."""
+    from vae_lab.evaluation.collapse import draw_heatmap, kl_history
 
     panels_data = []
     for row in report.rows:

@@ -2,7 +2,7 @@
 workspace shows the same comparison as report.html.
 
 Project, entity, group and mode come from the jobs' resolved config (``logger.wandb``); the group
-falls back to the sweep directory's name. The mode follows :func:`vae_lab.tracking.resolve_wandb_mode`
+falls back to the sweep directory's name. The mode follows :func:`vae_lab.tracking.wandb_mode.resolve_wandb_mode`
 (online with an API key, offline without; ``WANDB_MODE`` wins). Nothing is logged when the jobs
 had no wandb logger (``logger=csv`` / ``logger=none``) unless a mode is asked for explicitly, and
 never with ``--no-wandb`` (mode ``disabled``), whatever ``WANDB_MODE`` says.
@@ -24,8 +24,12 @@ def wandb_settings(report: Report) -> dict[str, Any] | None:
     settings = [value for value in settings if isinstance(value, dict)]
     if not settings:
         return None
-    groups = Counter(str(value["group"]) for value in settings if value.get("group") and "${" not in str(value["group"]))
-    if not groups:  # the group vae_lab gave the sweep's runs (vae_lab.jobs.sweep_group), as their summary.json records
+    groups = Counter(
+        str(value["group"]) for value in settings if value.get("group") and "${" not in str(value["group"])
+    )
+    if (
+        not groups
+    ):  # the group vae_lab gave the sweep's runs (vae_lab.run.jobs.sweep_group), as their summary.json records
         recorded = [(job.summary.get("wandb") or {}).get("group") for job in report.jobs]
         groups = Counter(str(group) for group in recorded if group)
     chosen = dict(settings[0])
@@ -38,7 +42,7 @@ def log_report(
 ) -> str:
     """Log the table and plots to a ``report`` run in the sweep's group; returns what was done
     (a line for the report and the terminal)."""
-    from vae_lab.tracking import resolve_wandb_mode
+    from vae_lab.tracking.wandb_mode import resolve_wandb_mode
 
     if requested_mode == "disabled":  # --no-wandb: over WANDB_MODE and the config, and wandb is not imported
         return "not logged: wandb is disabled on the command line (--no-wandb)"

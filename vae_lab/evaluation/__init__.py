@@ -1,0 +1,11 @@
+"""Measuring a trained VAE: what the numbers of a run are.
+
+- ``importance_sampling.py``: the importance-sampled log-likelihood, the ELBO, bits/dim, active units
+  and the KL of each latent dimension on the test set.
+- ``decompositions.py``: ELBO surgery and the inference gaps; ``collapse.py``: the KL of each latent
+  dimension over training; ``gradient_snr.py``: the gradient signal-to-noise diagnostic.
+- ``images.py``, ``latent_pictures.py``: reconstructions, samples, traversals and interpolations.
+
+May use: ``vae_lab.model``, ``vae_lab.data``, ``vae_lab.files``, ``vae_lab.errors``. Never the run
+machinery or the trackers.
+"""

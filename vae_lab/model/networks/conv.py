@@ -1,0 +1,78 @@
+"""Convolutional encoder and decoder for 28x28 and 32x32 images: each stride-2 layer halves the
+side, so the side must be divisible by 2 ** len(channels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from vae_lab.errors import ConfigError
+from vae_lab.model.networks.base import GaussianEncoder, make_activation
+from vae_lab.model.posteriors import PosteriorFamily
+
+
+def _reduced_side(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int]:
+    _, height, width = image_shape
+    factor = 2 ** len(channels)
+    if height % factor or width % factor:
+        raise ConfigError(
+            f"model.channels={list(channels)} halves the image {len(channels)} times, but the image is "
+            f"{height}x{width}, not divisible by {factor}; use fewer conv layers."
+        )
+    return height // factor, width // factor
+
+
+class ConvEncoder(GaussianEncoder):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_size: int = 256,
+        activation: str = "relu",
+        posterior: Callable[..., PosteriorFamily] | None = None,
+    ) -> None:
+        height, width = _reduced_side(image_shape, channels)
+        layers: list[nn.Module] = []
+        for channels_in, channels_out in zip([image_shape[0], *channels[:-1]], channels):
+            layers += [nn.Conv2d(channels_in, channels_out, 4, stride=2, padding=1), make_activation(activation)]
+        layers += [nn.Flatten(), nn.Linear(channels[-1] * height * width, hidden_size), make_activation(activation)]
+        super().__init__(nn.Sequential(*layers), hidden_size, latent_dim, posterior)
+
+
+class ConvDecoder(nn.Module):
+    """z ``[..., latent_dim]`` to likelihood parameters ``[..., out_channels, H, W]``."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        out_channels: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_size: int = 256,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        height, width = _reduced_side(image_shape, channels)
+        reversed_channels = list(reversed(channels))
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, hidden_size),
+            make_activation(activation),
+            nn.Linear(hidden_size, reversed_channels[0] * height * width),
+            make_activation(activation),
+            nn.Unflatten(-1, (reversed_channels[0], height, width)),
+        ]
+        for channels_in, channels_out in zip(reversed_channels, reversed_channels[1:]):
+            layers += [
+                nn.ConvTranspose2d(channels_in, channels_out, 4, stride=2, padding=1),
+                make_activation(activation),
+            ]
+        layers.append(nn.ConvTranspose2d(reversed_channels[-1], out_channels, 4, stride=2, padding=1))
+        self.network = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        output = self.network(z.reshape(-1, z.shape[-1]))
+        return output.reshape(*batch_shape, *output.shape[1:])
