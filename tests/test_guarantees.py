@@ -354,7 +354,7 @@ def test_every_epoch_draws_its_own_reparameterization_noise(three_epoch_fit) -> 
 
 
 def test_every_epoch_draws_its_own_seed() -> None:
-    from vae_lab.model.seeds import epoch_seed
+    from vae_lab.seeds import epoch_seed
 
     seeds = {epoch_seed(seed, epoch, rank) for seed in range(3) for epoch in range(50) for rank in range(4)}
     assert len(seeds) == 3 * 50 * 4

@@ -42,7 +42,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.files import check_writable_directory, write_json_atomically
     from vae_lab.model.build import build_datamodule, build_model
     from vae_lab.model.compilation import compile_networks
-    from vae_lab.model.seeds import seed_stage
+    from vae_lab.seeds import seed_stage
     from vae_lab.run.checkpoint_integrity import CheckpointRecord
     from vae_lab.run.checkpoint_io import AtomicCheckpointIO
     from vae_lab.run.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint

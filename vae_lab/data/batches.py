@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from vae_lab.model.seeds import epoch_seed
+from vae_lab.seeds import epoch_seed
 
 #: Turns a uint8 batch into the served form, drawing randomness from the generator.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vae_lab.evaluation.figures import pyplot, save
+
 HEATMAP_FILE = "kl_per_dim_heatmap.png"
 COLUMN = re.compile(r"^val/kl_per_dim/(\d+)$")
 
@@ -69,8 +71,6 @@ def save_heatmap(run_dir: Path, wandb_logger: Any = None, loggers: Any = ()) -> 
     """Write ``<run dir>/images/kl_per_dim_heatmap.png`` from the run's metrics.csv (None when it has
     no KL per dimension, e.g. a prior that does not factorize) and log it to wandb, when given. The
     file loggers among ``loggers`` are flushed first, so that the CSV holds every epoch."""
-    from vae_lab.report.plots import pyplot, save
-
     for logger in loggers:
         if not hasattr(logger, "run_safely"):  # the CSV logger (wandb's own logger is not a file)
             logger.save()

@@ -40,7 +40,7 @@ from vae_lab.evaluation.decompositions import (
 from vae_lab.model.objectives import ELBOTerms
 from vae_lab.model.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 from vae_lab.model.vae import VAE, kl_per_dim_names
-from vae_lab.tracking.console import CountProgress
+from vae_lab.evaluation.progress import CountProgress
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ def collect_posterior(
 
 
 class ProgressPrinter(CountProgress):
-    """A ``progress`` callback for :func:`evaluate` (vae_lab.tracking.console.CountProgress): a bar with the
+    """A ``progress`` callback for :func:`evaluate` (vae_lab.evaluation.progress.CountProgress): a bar with the
     rate and ETA on a terminal, elsewhere a line with them each time another tenth of the test set is done."""
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from vae_lab.model.objectives import ELBOTerms, Objective
 from vae_lab.model.objectives.estimators import sample
 from vae_lab.model.posteriors import DiagonalPosterior, PosteriorFamily, pairing_problems, posterior_mean
 from vae_lab.model.priors import Prior
-from vae_lab.model.seeds import epoch_seed
+from vae_lab.seeds import epoch_seed
 
 METRICS = ("elbo", "reconstruction", "kl", "bpd")
 #: The family of an encoder that names none: today's diagonal Gaussian head.

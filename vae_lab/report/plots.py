@@ -19,31 +19,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vae_lab.evaluation.figures import pyplot, save
 from vae_lab.report.jobs import Job, sort_key
 from vae_lab.report.table import HEADINGS, Report, Row, Statistic
-
-DPI = 100
-
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
-
-
-def save(figure: Any, path: Path) -> Path:
-    from vae_lab.files import write_atomically
-
-    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=DPI, bbox_inches="tight"))
-    pyplot().close(figure)
-    return path
 
 
 def colours(n: int) -> list[Any]:

@@ -15,7 +15,7 @@ Lightning cannot replay the rest of an epoch's random stream.
 
 After training, the final validation and test of the best checkpoint, the end-of-training
 evaluation and the image grids stop the same way (at a batch boundary, or between stages). Each
-draws from a stream seeded by (seed, stage) (vae_lab.model.seeds.seed_stage) and the evaluation from its
+draws from a stream seeded by (seed, stage) (vae_lab.seeds.seed_stage) and the evaluation from its
 own generator, so a run stopped there, or killed there, resumes from its last checkpoint, runs only
 these stages again and ends with the uninterrupted run's numbers.
 

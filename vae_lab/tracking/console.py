@@ -12,7 +12,7 @@
   ``train/loss``, ``val/elbo`` and ``val/kl``; where stdout is not a terminal (launchers, CI, a job
   log), :class:`LineProgress` instead: one line per epoch with those metrics, and a line every
   ``interval`` seconds within long epochs, with the rate and the time left.
-- :class:`CountProgress`: the same for a loop that counts items (the importance-sampled evaluation):
+- :class:`vae_lab.evaluation.progress.CountProgress`: the same for a loop that counts items (the importance-sampled evaluation):
   a tqdm bar with rate and ETA on a terminal, otherwise a line every tenth.
 """
 
@@ -27,6 +27,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
+
+from vae_lab.evaluation.progress import duration
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +87,6 @@ def progress_text(metrics: dict[str, Any]) -> str:
             value = metrics[name]
             parts.append(f"{name}={float(value):.2f}")
     return " ".join(parts)
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class LineProgress(ProgressBar):
@@ -156,35 +149,3 @@ def training_progress_bar() -> ProgressBar:
 
         return ThrottledProgressBar()
     return LineProgress()
-
-
-class CountProgress:
-    """A ``progress(done, total)`` callback for a long count (``what``: ``test images``): a tqdm bar
-    with rate and ETA on a terminal (stderr), otherwise a logged line each tenth with the rate and
-    the time left."""
-
-    def __init__(self, what: str, prefix: str) -> None:
-        self.what = what
-        self.prefix = prefix
-        self.bar: Any = None
-        self.started = time.monotonic()
-        self.reported = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            if self.bar is None:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=self.prefix, unit=self.what.split()[-1].rstrip("s") or "it")
-            self.bar.update(done - self.bar.n)
-            if done >= total:
-                self.bar.close()
-            return
-        if done == total or done - self.reported >= total / 10:
-            elapsed = max(time.monotonic() - self.started, 1e-9)
-            rate = done / elapsed
-            log.info(
-                f"{self.prefix}: {done}/{total} {self.what} ({rate:.1f}/s, "
-                f"{duration(elapsed) + ' in all' if done >= total else duration((total - done) / rate) + ' left'})"
-            )
-            self.reported = done
