@@ -220,7 +220,7 @@ def test_every_writer_of_summary_json_goes_through_the_atomic_write() -> None:
             and ("summary" in ast.unparse(node.args[0]).lower() or "SUMMARY" in ast.unparse(node.args[0]))
         ]
     assert offenders == {}
-    assert {"train.py", "run_state.py", "stopped_runs.py", "evaluate.py"} <= set(writers)
+    assert {"train.py", "state.py", "stopped_runs.py", "evaluate.py"} <= set(writers)
 
 
 # ---------------------------------------------------------------- best checkpoint, metric scale
