@@ -102,7 +102,7 @@ def test_plain_install_runs_from_another_directory(wheel: Path, tmp_path: Path) 
         [
             sys.executable,
             "-c",
-            "import vae_lab, vae_lab.model.build, vae_lab.train, wandb_offline; print(vae_lab.__file__)",
+            "import vae_lab, vae_lab.model.build, vae_lab.train, vae_lab.evaluate; print(vae_lab.__file__)",
         ],
         cwd=elsewhere,
         capture_output=True,
