@@ -64,6 +64,17 @@ def test_multiprocessing_launcher_start_method(strategy: str, method: str | None
     assert found == method, changed("lightning", "_MultiProcessingLauncher._start_method", what)
 
 
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_spawned_or_forked_ranks_are_refused_under_joblib_with_their_start_method(strategy: str) -> None:
+    from vae_lab.errors import ConfigError
+    from vae_lab.run.distributed import check_supported
+    from vae_lab.run.launchers import LauncherKind
+
+    with pytest.raises(ConfigError, match=f"start method '{strategy.removeprefix('ddp_')}' is not supported under"):
+        check_supported(cpu_trainer(strategy), LauncherKind.JOBLIB)
+    check_supported(cpu_trainer(strategy), LauncherKind.BASIC)  # in the main process: Lightning's own launch
+
+
 def test_wandb_logger_init_arguments_are_what_wandb_init_gets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The dict is the one WandbLogger passes to wandb.init (a name set in it names the run), and it
     still holds the deprecated ``anonymous`` that vae_lab.tracking.wandb_run removes."""
