@@ -5,15 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vae_lab-installed
 
-.PHONY: setup browser train test test-slow mutation clean
+.PHONY: setup constraints browser train test test-slow mutation clean
 
-$(STAMP): pyproject.toml
+# The exact versions tested here (constraints.txt) within the ranges pyproject.toml allows.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# constraints.txt from the versions installed in .venv (run it once the test suite passes there).
+constraints:
+	{ grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The report's browser check (tests/test_report.py) opens report.html in Debian's headless chromium.
 # Installed when missing and possible (root with apt-get); otherwise that one test skips and says why.

@@ -139,8 +139,27 @@ def test_mixed_precision_keeps_the_sums_of_the_elbo_in_float32():
         assert value.dtype == torch.float32
 
 
-def test_progress_bar_redraws_at_the_first_and_last_batch_and_at_most_every_interval():
-    bar = ThrottledProgressBar(interval=3600)
-    assert [current for current in range(1, 101) if bar._should_update(current, 100)] == [1, 100]
-    bar = ThrottledProgressBar(interval=0)
-    assert all(bar._should_update(current, 100) for current in range(1, 101))
+def shown_batches(interval: float, capsys: pytest.CaptureFixture[str]) -> tuple[set[int], int]:
+    """The batch counts the training bar printed in a real fit of 64 batches, and its refresh rate after."""
+    import re
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    bar = ThrottledProgressBar(interval=interval)
+    trainer = Trainer(
+        max_epochs=1, limit_val_batches=0, callbacks=[bar], logger=False, enable_checkpointing=False, accelerator="cpu"
+    )
+    capsys.readouterr()
+    trainer.fit(BoringModel())
+    printed = capsys.readouterr()
+    return {int(count) for count in re.findall(r"(\d+)/64 \[", printed.out + printed.err)}, bar.refresh_rate
+
+
+def test_progress_bar_redraws_about_every_interval_and_at_the_last_batch(capsys: pytest.CaptureFixture[str]):
+    """Through Lightning's public refresh_rate: with an interval of an hour the bar shows the first
+    two batches (the second measures the time per batch) and the last; with 0, every batch."""
+    shown, refresh_rate = shown_batches(3600, capsys)
+    assert 64 in shown and shown <= {0, 1, 2, 64} and refresh_rate > 64
+    shown, refresh_rate = shown_batches(0, capsys)
+    assert set(range(1, 65)) <= shown and refresh_rate == 1

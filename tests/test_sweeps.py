@@ -65,12 +65,13 @@ def sweeper_params(name: str) -> dict[str, str]:
 
 
 def planned_jobs(params: dict[str, str]) -> list[list[str]]:
-    """The job override lists Hydra's basic sweeper makes from ``hydra.sweeper.params``."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The job override lists Hydra's basic sweeper makes from ``hydra.sweeper.params`` (vae_lab's
+    reading of them, which tests/test_library_adapters.py checks against the basic sweeper's)."""
+    from vae_lab.run.sweep_progress import planned_job_overrides
 
-    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    jobs = planned_job_overrides([], params)
+    assert jobs is not None, params
+    return jobs
 
 
 @pytest.mark.parametrize("name", SWEEP_NAMES)

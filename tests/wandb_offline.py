@@ -4,8 +4,9 @@ wandb 0.31 writes no ``wandb-summary.json`` and no ``config.yaml`` for an offlin
 ``wandb.Api()`` cannot read offline runs, so tests (and anyone checking a run before ``wandb sync``)
 read the run's ``run-<id>.wandb`` file directly.
 
-The file format is wandb's internal one, so this module depends on wandb internals and is checked
-against the wandb versions that pyproject.toml allows (``wandb<0.32``):
+The file format is wandb's internal one, so this module depends on wandb internals: the test
+dependencies (the ``dev`` extra of pyproject.toml) allow the versions it was checked with
+(``wandb>=0.19,<0.32``; the package itself needs no such cap):
 
 - a 7-byte file header: the ident ``:W&B``, the magic 0xBEE1 (uint16, little-endian), version 0;
 - then a LevelDB-log-style stream: the file is cut into 32 KiB blocks (counted from the start of the

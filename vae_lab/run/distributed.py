@@ -41,6 +41,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
+from vae_lab.lightning_adapter import command_line_launcher, multiprocessing_start_method
 from vae_lab.run import lock as run_lock
 from vae_lab.run.launchers import LauncherKind
 
@@ -115,28 +116,20 @@ def slurm_plugins(launcher: LauncherKind) -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
-def _subprocess_launcher(trainer: Any) -> Any | None:
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    return launcher if isinstance(launcher, _SubprocessScriptLauncher) else None
-
-
 def check_supported(trainer: Any, launcher: LauncherKind) -> None:
     """Refuse the strategies that cannot start their processes from inside a launcher's worker."""
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    strategy_launcher = getattr(trainer.strategy, "launcher", None)
-    if launcher in (LauncherKind.JOBLIB, LauncherKind.SUBMITIT_LOCAL, LauncherKind.SUBMITIT_SLURM) and isinstance(
-        strategy_launcher, _MultiProcessingLauncher
+    start_method = multiprocessing_start_method(trainer)
+    if (
+        launcher in (LauncherKind.JOBLIB, LauncherKind.SUBMITIT_LOCAL, LauncherKind.SUBMITIT_SLURM)
+        and start_method is not None
     ):
         raise ConfigError(
             f"strategy {type(trainer.strategy).__name__} with start method "
-            f"'{strategy_launcher._start_method}' is not supported under hydra/launcher={launcher.value}: it forks or "
+            f"'{start_method}' is not supported under hydra/launcher={launcher.value}: it forks or "
             "spawns from inside the launcher's worker. Use trainer=ddp (GPUs) or trainer=ddp_cpu, whose ranks "
             "vae_lab starts itself."
         )
-    subprocess_launcher = _subprocess_launcher(trainer)
+    subprocess_launcher = command_line_launcher(trainer)
     if (
         subprocess_launcher is not None
         and subprocess_launcher.num_nodes > 1
@@ -297,7 +290,7 @@ def ranks_of(trainer: Any, cfg: DictConfig, run_dir: Path, attempt: str, threads
     """Run the body (fit, validate, test) with the other ranks of this node started by vae_lab when
     Lightning would otherwise re-run the command line; a no-op for one process and for processes
     a launcher created."""
-    launcher = _subprocess_launcher(trainer)
+    launcher = command_line_launcher(trainer)
     if (
         launcher is None
         or launcher.cluster_environment.creates_processes_externally

@@ -13,6 +13,7 @@ calls this callback before it re-raises. (An exit through ``SystemExit`` skips H
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -36,17 +37,28 @@ def planned_job_overrides(
     task_overrides: list[str], sweeper_params: dict[str, Any] | None = None
 ) -> list[list[str]] | None:
     """The override list of every job Hydra's basic sweeper makes from a multirun's task overrides
-    (``seed=0,1 data.batch_size=50,100``) and ``hydra.sweeper.params``; None when they do not parse."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    (``seed=0,1 data.batch_size=50,100``) and ``hydra.sweeper.params``; None when they do not parse.
+
+    As the basic sweeper does (its class is in ``hydra._internal``; tests/test_library_adapters.py
+    checks that the two agree): the params come before the task overrides, a key given twice keeps
+    its first place and its last values, and the jobs are the cartesian product of each key's values,
+    read with Hydra's public override parser."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     arguments = [f"{key}={value}" for key, value in (sweeper_params or {}).items()] + list(task_overrides)
+    choices: dict[str, list[str]] = {}
     try:
-        overrides = OverridesParser.create().parse_overrides(arguments)
-        batches = BasicSweeper.split_arguments(overrides, max_batch_size=None)
-    except Exception:  # an override syntax or sweeper this reader does not know: no plan
+        for override in OverridesParser.create().parse_overrides(arguments):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            else:  # an interval sweep, which the basic sweeper refuses: no plan
+                return None
+    except Exception:  # an override syntax this reader does not know: no plan
         return None
-    return [list(job) for batch in batches for job in batch]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def swept_keys(plan: list[list[str]]) -> list[str]:
@@ -98,6 +110,15 @@ def finished_lines(sweep_dir: Path, done: int, failed: int, elapsed: float) -> s
     )
 
 
+def job_failure(job_return: Any) -> BaseException | None:
+    """The exception a failed job raised: Hydra's public ``JobReturn.return_value`` re-raises it."""
+    try:
+        job_return.return_value  # noqa: B018 - read for the exception it raises
+    except BaseException as error:  # what the job raised, KeyboardInterrupt included
+        return error
+    return None
+
+
 def _sweep_dir(config: DictConfig) -> Path:
     return Path(str(config.hydra.sweep.dir)).absolute()
 
@@ -132,7 +153,7 @@ class SweepProgress(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         job_dir = Path(str(config.hydra.runtime.output_dir))
         status = getattr(job_return.status, "name", str(job_return.status)).lower()
-        error = getattr(job_return, "_return_value", None) if status == "failed" else None
+        error = job_failure(job_return) if status == "failed" else None
         reason = " ".join(f"{type(error).__name__}: {error}".split()) if isinstance(error, BaseException) else ""
         if status == "failed":
             write_json_atomically(job_dir / FAILURE_FILE, {"status": "failed", "error": reason, "time": time.time()})

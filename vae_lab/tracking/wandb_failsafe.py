@@ -13,26 +13,43 @@ unreachable host costs that long once, not wandb's default of 90 s per attempt.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class FailSafeWandbLogger(WandbLogger):
-    """A Lightning ``WandbLogger`` whose failures are recorded instead of raised."""
+    """A Lightning ``WandbLogger`` whose failures are recorded instead of raised: each method through
+    which Lightning or vae_lab talks to wandb is overridden to go through :meth:`run_safely`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The first error wandb raised, as text; None while it works.
         self.error: str | None = None
         self.failed_during: str | None = None
+        #: The wandb run once this logger has started or joined one (on rank 0); None before.
+        self.run: Any = None
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def experiment(self) -> Any:
+        """Lightning's wandb run, created on first use; remembered in :attr:`run`, so that
+        :meth:`finish` and :meth:`status` can tell whether there is one without creating it."""
+        run = super().experiment
+        if rank_zero_only.rank == 0:  # the other ranks get Lightning's stand-in, not a run
+            self.run = run
+        return run
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Lightning pickles the logger without its run (for ddp_spawn) and re-attaches to it by id.
+        return {**super().__getstate__(), "run": None}
 
     def record_failure(self, error: BaseException, during: str) -> None:
         if self.error is None:
@@ -54,35 +71,68 @@ class FailSafeWandbLogger(WandbLogger):
             self.record_failure(error, "wandb.init")
             return False
 
-    def run_safely(self, during: str, call: Callable[[], Any]) -> Any:
-        """Run ``call`` (any use of the wandb run); on failure record it and return None."""
+    def run_safely(self, during: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``call(*args, **kwargs)`` (any use of the wandb run); on failure record it and return None."""
         if self.failed:
             return None
         try:
-            return call()
+            return call(*args, **kwargs)
         except Exception as error:
             self.record_failure(error, during)
             return None
 
     def finish(self, exit_code: int = 0) -> None:
         """``wandb.finish`` the run (with a non-zero exit code for a failed or interrupted run)."""
-        if self._experiment is None:
+        if self.run is None:
             return
         import wandb
 
-        self.run_safely("wandb.finish", lambda: wandb.finish(exit_code=exit_code))
+        self.run_safely("wandb.finish", wandb.finish, exit_code=exit_code)
         if self.failed:
-            _silence_wandb_teardown()
+            close_wandb_service()
 
     def status(self) -> dict[str, Any]:
         """What ``summary.json`` records about wandb."""
         if self.failed:
             return {"status": "failed", "during": self.failed_during, "error": self.error}
-        run = self._experiment
         status: dict[str, Any] = {"status": "ok"}
-        if run is not None:
-            status.update(id=getattr(run, "id", None), mode="offline" if _is_offline(run) else "online")
+        if self.run is not None:
+            status.update(id=getattr(self.run, "id", None), mode="offline" if _is_offline(self.run) else "online")
         return status
+
+    # Every method through which Lightning or vae_lab talks to wandb, through run_safely.
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_metrics", super().log_metrics, *args, **kwargs)
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_hyperparams", super().log_hyperparams, *args, **kwargs)
+
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_image", super().log_image, *args, **kwargs)
+
+    def log_table(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_table", super().log_table, *args, **kwargs)
+
+    def log_text(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_text", super().log_text, *args, **kwargs)
+
+    def log_audio(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_audio", super().log_audio, *args, **kwargs)
+
+    def log_video(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_video", super().log_video, *args, **kwargs)
+
+    def log_graph(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("log_graph", super().log_graph, *args, **kwargs)
+
+    def after_save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("after_save_checkpoint", super().after_save_checkpoint, *args, **kwargs)
+
+    def finalize(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("finalize", super().finalize, *args, **kwargs)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.run_safely("save", super().save, *args, **kwargs)
 
 
 def describe_error(error: BaseException) -> str:
@@ -111,43 +161,12 @@ def _is_offline(run: Any) -> bool:
     return bool(getattr(run, "offline", False)) or getattr(getattr(run, "settings", None), "mode", "") == "offline"
 
 
-def _silence_wandb_teardown() -> None:
-    """After the wandb service died, its atexit hook would print a traceback at exit: the run's
-    status is already recorded, so drop that hook (wandb's own cleanup callback; internals, so any
-    failure here is ignored)."""
-    try:
-        from wandb.sdk import wandb_setup
+def close_wandb_service() -> None:
+    """After wandb failed (its service may be dead), close this process's connection to the service
+    with wandb's public ``teardown``: it first drops wandb's exit hook, which would otherwise print a
+    traceback at exit, and lets a later job of this process start a new service. Failures here (a
+    dead service cannot be told to stop) are ignored: the run's status is already recorded."""
+    from wandb.sdk import teardown
 
-        connection = getattr(getattr(wandb_setup, "_singleton", None), "_connection", None)
-        cleanup = getattr(connection, "_cleanup", None)
-        if cleanup is not None:
-            cleanup()
-    except Exception:
-        pass
-
-
-def _guarded(name: str) -> Callable[..., Any]:
-    method = getattr(WandbLogger, name)
-
-    @functools.wraps(method)
-    def call(self: FailSafeWandbLogger, *args: Any, **kwargs: Any) -> Any:
-        return self.run_safely(name, lambda: method(self, *args, **kwargs))
-
-    return call
-
-
-# Every method through which Lightning or vae_lab talks to wandb.
-for _name in (
-    "log_metrics",
-    "log_hyperparams",
-    "log_image",
-    "log_table",
-    "log_text",
-    "log_audio",
-    "log_video",
-    "log_graph",
-    "after_save_checkpoint",
-    "finalize",
-    "save",
-):
-    setattr(FailSafeWandbLogger, _name, _guarded(_name))
+    with contextlib.suppress(Exception, SystemExit):  # SystemExit: when the service ended with an error code
+        teardown()

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from vae_lab.lightning_adapter import wandb_init_arguments
 from vae_lab.tracking.wandb_failsafe import FailSafeWandbLogger
 
 #: The job types of vae_lab's wandb runs.
@@ -91,9 +92,9 @@ class DashboardWandbLogger(FailSafeWandbLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics_defined = False
-        # Lightning (2.6) always passes wandb.init(anonymous=None), a deprecated setting that wandb
-        # warns about on every run ("The anonymous setting has no effect"); no public argument leaves it out.
-        self._wandb_init.pop("anonymous", None)
+        # Lightning always passes wandb.init(anonymous=None), a deprecated setting that wandb warns
+        # about on every run; no public argument leaves it out (see vae_lab.lightning_adapter).
+        wandb_init_arguments(self).pop("anonymous", None)
 
     def start(self) -> bool:
         started = super().start()
@@ -106,9 +107,8 @@ class DashboardWandbLogger(FailSafeWandbLogger):
         """What summary.json records about wandb, with the run's group, project and entity (which
         ``vae_lab.evaluate`` needs to update the record)."""
         status = super().status()
-        run = self._experiment
-        if status["status"] == "ok" and run is not None:
-            status.update({name: getattr(run, name, None) for name in ("group", "project", "entity")})
+        if status["status"] == "ok" and self.run is not None:
+            status.update({name: getattr(self.run, name, None) for name in ("group", "project", "entity")})
         return status
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -303,8 +303,8 @@ def _wandb_settings(run_cfg: Any) -> dict[str, Any] | None:
 
 
 class _RunLogger:
-    """A wandb run as vae_lab.evaluation.importance_sampling.log_metrics expects a fail-safe logger (errors are raised here
-    and reported by :func:`record_evaluation`)."""
+    """A wandb run as vae_lab.evaluation.importance_sampling.log_metrics expects a fail-safe logger
+    (errors are raised here and reported by :func:`record_evaluation`)."""
 
     def __init__(self, run: Any) -> None:
         self.experiment = run
