@@ -144,3 +144,17 @@ def test_progress_bar_redraws_at_the_first_and_last_batch_and_at_most_every_inte
     assert [current for current in range(1, 101) if bar._should_update(current, 100)] == [1, 100]
     bar = ThrottledProgressBar(interval=0)
     assert all(bar._should_update(current, 100) for current in range(1, 101))
+
+
+def test_compile_takes_torch_compile_modes_and_names_them_for_a_bad_value():
+    """compile=reduce-overhead (CUDA graphs, benchmarks/gpu_check.py) is inductor's mode, not a backend name;
+    a value that is neither is refused with the modes and the backends in the message."""
+    from vae_lab.model.compilation import MODES, compile_networks
+
+    model = model_for([], (1, 28, 28))
+    names = [name for name, _ in model.named_parameters()]
+    compile_networks(model, "reduce-overhead")  # lazily compiled: nothing is built before the first step
+    assert [name for name, _ in model.named_parameters()] == names
+    with pytest.raises(ConfigError, match="reduce-overhead") as refused:
+        compile_networks(model_for([], (1, 28, 28)), "reduce_overhead")
+    assert all(mode in str(refused.value) for mode in MODES) and "aot_eager" in str(refused.value)
