@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_module
 
 from vae_lab.errors import ConfigError
 from vae_lab.model.build import build_model
-from vae_lab.run.step_overheads import ThrottledProgressBar
 from vae_lab.run.threads import MANY_THREADS_FROM_GFLOP, available_cores, choose_threads, training_flops
 
 HEAVY_IMPORTS = ("torch", "lightning", "torchvision", "wandb", "matplotlib")
@@ -139,11 +138,15 @@ def test_mixed_precision_keeps_the_sums_of_the_elbo_in_float32():
         assert value.dtype == torch.float32
 
 
-def test_progress_bar_redraws_at_the_first_and_last_batch_and_at_most_every_interval():
-    bar = ThrottledProgressBar(interval=3600)
-    assert [current for current in range(1, 101) if bar._should_update(current, 100)] == [1, 100]
-    bar = ThrottledProgressBar(interval=0)
-    assert all(bar._should_update(current, 100) for current in range(1, 101))
+def test_the_terminal_bar_is_lightnings_redrawn_every_few_steps_and_logs_get_lines():
+    """On a terminal, Lightning's own bar through its public refresh_rate (no private hook); elsewhere lines."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from vae_lab.tracking.console import BAR_REFRESH_STEPS, LineProgress, training_progress_bar
+
+    bar = training_progress_bar(terminal=True)
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == BAR_REFRESH_STEPS > 1
+    assert isinstance(training_progress_bar(terminal=False), LineProgress)
 
 
 def test_compile_takes_torch_compile_modes_and_names_them_for_a_bad_value():
