@@ -137,13 +137,13 @@ def imported_from(environment: dict[str, str]) -> dict[str, str]:
 
 
 def install(wheels: list[Path]) -> None:
-    """``pip install --no-deps --no-index --target SITE``; without pip, each wheel unpacked into SITE
-    (a wheel is a zip of what goes into site-packages)."""
-    pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
-    if pip.returncode == 0:
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(SITE)]
-        subprocess.run([*command, *map(str, wheels)], check=True)
+    """``pip install --no-deps --no-index --target SITE``; without pip (or where pip refuses, e.g. an
+    externally managed Python), each wheel unpacked into SITE (a wheel is a zip of what goes into
+    site-packages)."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(SITE)]
+    if subprocess.run([*command, *map(str, wheels)]).returncode == 0:
         return
+    print("gpu_check: pip could not install the bundle: unpacking its wheels instead", file=sys.stderr)
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(SITE)
