@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vae_lab-installed
 
-.PHONY: setup constraints browser train test test-slow mutation clean
+.PHONY: setup constraints browser train test test-slow mutation gpu-check-bundle clean
 
 # The exact versions tested here (constraints.txt) within the ranges pyproject.toml allows.
 $(STAMP): pyproject.toml constraints.txt
@@ -47,6 +47,11 @@ MUTATION_JOBS ?= 2
 mutation: $(STAMP)
 	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/mutmut run --max-children $(MUTATION_JOBS)
 	$(BIN)/python tests/mutation_summary.py --write docs/mutation.md
+
+# benchmarks/gpu_bundle/ (gitignored, <= 64 MiB): the wheels and MNIST files that benchmarks/gpu_check.py
+# installs and reads on a GPU machine without network (copy the tree with it; see the script's docstring).
+gpu-check-bundle: $(STAMP)
+	$(BIN)/python benchmarks/gpu_bundle.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache mutants

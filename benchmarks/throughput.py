@@ -16,6 +16,13 @@ Adam 1e-3; start-up, validation and checkpoints excluded):
 - DataLoader: the classic `DataLoader(MNIST(root, transform=ToTensor()), batch_size=100,
   shuffle=True)` with `torch.bernoulli` per batch, feeding the same hand-written model;
 
+- pythae 0.1.2 (a peer library; benchmarks/pythae_peer.py): the same model, data, binarization and
+  epochs, trained by pythae's own BaseTrainer (its DataLoader, its default Adam and progress bar).
+  It runs in its own environment, benchmarks/.envs/pythae, made on first use (a venv without the
+  system's packages: ``pip install torch==2.14.1`` and pythae's dependencies, then pythae with
+  ``--no-deps``, since it declares the ``dataclasses`` backport that would shadow the standard
+  library's); it is no dependency of vae_lab. Where it cannot be installed, its row says why;
+
 and the data path alone (one epoch of binarized batches, no model): vae_lab's in-memory path
 (MNISTDataModule.train_dataloader), its torchvision path (data.loader=torchvision), and the
 classic DataLoader. Every variant uses the same number of torch threads (``--threads``; auto =
@@ -30,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -186,6 +196,60 @@ def run_vae_lab(root: Path, epochs: int, threads: int) -> list[dict]:
     ]
 
 
+# ---------------------------------------------------------------------------------- the peer: pythae
+PYTHAE_ENV = Path(__file__).resolve().parent / ".envs" / "pythae"
+PYTHAE = "pythae==0.1.2"
+#: pythae 0.1.2's dependencies (its metadata), less the ``dataclasses`` backport; torch as vae_lab's.
+PYTHAE_DEPENDENCIES = (
+    "torch==2.14.1",
+    "numpy>=1.19",
+    "tqdm",
+    "typing-extensions",
+    "cloudpickle>=2.1.0",
+    "imageio",
+    "scikit-learn",
+    "scipy>=1.7.1",
+    "pydantic>=2.0",
+)
+
+
+def pythae_python() -> Path | str:
+    """The Python of benchmarks/.envs/pythae, made on first use (a few minutes: torch is installed
+    into it); or, when it cannot be made, why (pip's last lines)."""
+    python, complete = PYTHAE_ENV / "bin" / "python", PYTHAE_ENV / ".complete"
+    if complete.is_file():
+        return python
+    print(f"pythae: making its environment in {PYTHAE_ENV} (once)", flush=True)
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(PYTHAE_ENV)],
+        [str(python), "-m", "pip", "install", "--quiet", *PYTHAE_DEPENDENCIES],
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", PYTHAE],
+    ]
+    for step in steps:
+        try:
+            completed = subprocess.run(step, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"{' '.join(step[2:5])}: {error}"
+        if completed.returncode != 0:
+            lines = [line for line in completed.stderr.splitlines() if line.strip() and "is ignored" not in line]
+            return f"{' '.join(step[2:5])} failed: {' / '.join(lines[-3:])}"
+    complete.write_text(PYTHAE + "\n")  # last: a half-made environment is made again next time
+    return python
+
+
+def run_pythae(root: Path, epochs: int, threads: int) -> list[dict]:
+    """pythae's own trainer on the same model and data, in its environment (see pythae_peer.py)."""
+    python = pythae_python()
+    if isinstance(python, str):
+        raise RuntimeError(f"pythae is not installed: {python}")
+    peer = Path(__file__).resolve().parent / "pythae_peer.py"
+    command = [str(python), str(peer), "--root", str(root), "--epochs", str(epochs), "--threads", str(threads)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if completed.returncode != 0:
+        raise RuntimeError(f"pythae_peer.py failed ({completed.returncode}): {completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def run_variant(name: str, epochs: int, threads: int) -> list[dict]:
     """Measure one variant in this process."""
     import torch
@@ -200,6 +264,8 @@ def run_variant(name: str, epochs: int, threads: int) -> list[dict]:
         return train_epochs(in_memory_batches(mnist_uint8(root)), epochs, fused=True)
     if name == "DataLoader":
         return train_epochs(classic_dataloader_batches(root), epochs)
+    if name == PYTHAE_ROW:
+        return run_pythae(root, epochs, threads)
     if name == "data: vae_lab memory":
         return serve_epochs(vae_lab_batches(root, "memory"), epochs)
     if name == "data: vae_lab torchvision":
@@ -209,7 +275,8 @@ def run_variant(name: str, epochs: int, threads: int) -> list[dict]:
     raise ValueError(f"unknown variant {name!r}")
 
 
-TRAINING = ("vae_lab", "plain loop", "plain loop, fused Adam", "DataLoader")
+PYTHAE_ROW = "pythae 0.1.2"
+TRAINING = ("vae_lab", "plain loop", "plain loop, fused Adam", "DataLoader", PYTHAE_ROW)
 DATA = ("data: vae_lab memory", "data: vae_lab torchvision", "data: DataLoader")
 
 
@@ -229,12 +296,21 @@ def auto_threads() -> int:
 
 def in_subprocess(name: str, epochs: int, threads: int):
     def measure() -> float:
-        completed = python_subprocess([__file__, "--variant", name, "--epochs", str(epochs), "--threads", str(threads)])
+        try:
+            completed = python_subprocess(
+                [__file__, "--variant", name, "--epochs", str(epochs), "--threads", str(threads)]
+            )
+        except RuntimeError as error:
+            if name != PYTHAE_ROW:  # vae_lab and the baselines must run; the peer may fail, its row says why
+                raise
+            measure.failure = str(error).strip().splitlines()[-1][:300]
+            return math.nan
         timings = json.loads(completed.stdout.strip().splitlines()[-1])
         measure.epochs.append(timings)
         return statistics.median(epoch["images"] / epoch["seconds"] for epoch in timings)
 
     measure.epochs = []
+    measure.failure = None
     return measure
 
 
@@ -251,11 +327,17 @@ def main() -> None:
 
     threads = auto_threads() if arguments.threads == "auto" else int(arguments.threads)
     print(f"threads: {threads}; {arguments.repeats} interleaved runs of {arguments.epochs} epochs per variant")
-    measures = {name: in_subprocess(name, arguments.epochs, threads) for name in (*TRAINING, *DATA)}
+    pythae = pythae_python()  # made before anything is timed
+    variants = [name for name in (*TRAINING, *DATA) if name != PYTHAE_ROW or not isinstance(pythae, str)]
+    measures = {name: in_subprocess(name, arguments.epochs, threads) for name in variants}
     measured = interleaved(measures, arguments.repeats)
-    results = {name: summary(values) for name, values in measured.items()}
+    unavailable = {PYTHAE_ROW: pythae} if isinstance(pythae, str) else {}
+    for name, measure in measures.items():
+        if measure.failure is not None:
+            unavailable[name] = measure.failure
+    results = {name: summary(values) for name, values in measured.items() if name not in unavailable}
     baselines = {
-        "vae_lab": ("plain loop", "plain loop, fused Adam", "DataLoader"),
+        "vae_lab": ("plain loop", "plain loop, fused Adam", "DataLoader", PYTHAE_ROW),
         "data: vae_lab memory": ("data: DataLoader",),
     }
     baselines["data: vae_lab torchvision"] = ("data: DataLoader",)
@@ -270,8 +352,11 @@ def main() -> None:
             "images_per_cpu_second": statistics.median(epoch["images"] / epoch["cpu_seconds"] for epoch in epochs),
         }
         for baseline in baselines.get(name, ()):
-            row[f"x {baseline.removeprefix('data: ')}"] = result["median"] / results[baseline]["median"]
+            if baseline in results:
+                row[f"x {baseline.removeprefix('data: ')}"] = result["median"] / results[baseline]["median"]
         rows.append(row)
+    for name, why in unavailable.items():
+        rows.insert(TRAINING.index(name) if name in TRAINING else len(rows), {"variant": name, "note": why})
     columns = [
         "variant",
         "images_per_second",
@@ -281,22 +366,28 @@ def main() -> None:
         "x plain loop",
         "x plain loop, fused Adam",
         "x DataLoader",
+        "x pythae 0.1.2",
     ]
+    if unavailable:
+        columns.append("note")
     print_table(rows, columns)
     ratios = {
         "vae_lab / plain loop": results["vae_lab"]["median"] / results["plain loop"]["median"],
         "vae_lab / DataLoader": results["vae_lab"]["median"] / results["DataLoader"]["median"],
-        "vae_lab / plain loop with fused Adam (information)": results["vae_lab"]["median"]
+        "vae_lab / plain loop with fused Adam": results["vae_lab"]["median"]
         / results["plain loop, fused Adam"]["median"],
         "data: vae_lab memory / DataLoader": results["data: vae_lab memory"]["median"]
         / results["data: DataLoader"]["median"],
     }
+    if PYTHAE_ROW in results:
+        ratios["vae_lab / pythae 0.1.2"] = results["vae_lab"]["median"] / results[PYTHAE_ROW]["median"]
     acceptance = {
         "vae_lab / plain loop": 0.9,
+        "vae_lab / plain loop with fused Adam": 1.1,  # issue 18
         "vae_lab / DataLoader": 1.4,
         "data: vae_lab memory / DataLoader": 8.0,
     }
-    cpu = {row["variant"]: row["images_per_cpu_second"] for row in rows}
+    cpu = {row["variant"]: row["images_per_cpu_second"] for row in rows if "images_per_cpu_second" in row}
     ratios["CPU time: vae_lab / plain loop (information)"] = cpu["vae_lab"] / cpu["plain loop"]
     ratios["CPU time: vae_lab / plain loop with fused Adam (information)"] = (
         cpu["vae_lab"] / cpu["plain loop, fused Adam"]
@@ -317,6 +408,7 @@ def main() -> None:
             "ratios": ratios,
             "acceptance": acceptance,
             "rows": rows,
+            "unavailable": unavailable,
             "images_per_second": results,
             "epochs": {name: measure.epochs for name, measure in measures.items()},
         },

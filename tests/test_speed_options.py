@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_module
 
 from vae_lab.errors import ConfigError
 from vae_lab.model.build import build_model
-from vae_lab.run.step_overheads import ThrottledProgressBar
 from vae_lab.run.threads import MANY_THREADS_FROM_GFLOP, available_cores, choose_threads, training_flops
 
 HEAVY_IMPORTS = ("torch", "lightning", "torchvision", "wandb", "matplotlib")
@@ -139,27 +138,26 @@ def test_mixed_precision_keeps_the_sums_of_the_elbo_in_float32():
         assert value.dtype == torch.float32
 
 
-def shown_batches(interval: float, capsys: pytest.CaptureFixture[str]) -> tuple[set[int], int]:
-    """The batch counts the training bar printed in a real fit of 64 batches, and its refresh rate after."""
-    import re
+def test_the_terminal_bar_is_lightnings_redrawn_every_few_steps_and_logs_get_lines():
+    """On a terminal, Lightning's own bar through its public refresh_rate (no private hook); elsewhere lines."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.demos.boring_classes import BoringModel
+    from vae_lab.tracking.console import BAR_REFRESH_STEPS, LineProgress, training_progress_bar
 
-    bar = ThrottledProgressBar(interval=interval)
-    trainer = Trainer(
-        max_epochs=1, limit_val_batches=0, callbacks=[bar], logger=False, enable_checkpointing=False, accelerator="cpu"
-    )
-    capsys.readouterr()
-    trainer.fit(BoringModel())
-    printed = capsys.readouterr()
-    return {int(count) for count in re.findall(r"(\d+)/64 \[", printed.out + printed.err)}, bar.refresh_rate
+    bar = training_progress_bar(terminal=True)
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == BAR_REFRESH_STEPS > 1
+    assert isinstance(training_progress_bar(terminal=False), LineProgress)
 
 
-def test_progress_bar_redraws_about_every_interval_and_at_the_last_batch(capsys: pytest.CaptureFixture[str]):
-    """Through Lightning's public refresh_rate: with an interval of an hour the bar shows the first
-    two batches (the second measures the time per batch) and the last; with 0, every batch."""
-    shown, refresh_rate = shown_batches(3600, capsys)
-    assert 64 in shown and shown <= {0, 1, 2, 64} and refresh_rate > 64
-    shown, refresh_rate = shown_batches(0, capsys)
-    assert set(range(1, 65)) <= shown and refresh_rate == 1
+def test_compile_takes_torch_compile_modes_and_names_them_for_a_bad_value():
+    """compile=reduce-overhead (CUDA graphs, benchmarks/gpu_check.py) is inductor's mode, not a backend name;
+    a value that is neither is refused with the modes and the backends in the message."""
+    from vae_lab.model.compilation import MODES, compile_networks
+
+    model = model_for([], (1, 28, 28))
+    names = [name for name, _ in model.named_parameters()]
+    compile_networks(model, "reduce-overhead")  # lazily compiled: nothing is built before the first step
+    assert [name for name, _ in model.named_parameters()] == names
+    with pytest.raises(ConfigError, match="reduce-overhead") as refused:
+        compile_networks(model_for([], (1, 28, 28)), "reduce_overhead")
+    assert all(mode in str(refused.value) for mode in MODES) and "aot_eager" in str(refused.value)

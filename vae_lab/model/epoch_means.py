@@ -10,9 +10,10 @@ class EpochMeans:
 
     Lightning's ``self.log`` costs around a millisecond of Python per call, even with
     ``on_step=False`` (it re-inspects the training step's signature and moves and copies its metric
-    state on every call): five calls per step were about a third of the default model's step on
-    the CPU. Here a step adds its batch sums into one tensor on the device (no host sync), and
-    the epoch's means are logged once, at the end of the epoch.
+    state on every call): five calls per step cost 1.44 ms of the default model's 7.1 ms step on the
+    CPU (20%; benchmarks/step_costs.py, switched on and off every 20 steps within one fit). Here a
+    step adds its batch sums into one tensor on the device (no host sync), and the epoch's means are
+    logged once, at the end of the epoch.
     """
 
     def __init__(self) -> None:
@@ -34,4 +35,4 @@ class EpochMeans:
         """Each value's mean over the images added since the last reset (empty before any)."""
         if self.sums is None:
             return {}
-        return dict(zip(self.names, self.sums / self.count))
+        return dict(zip(self.names, self.sums / self.count, strict=True))

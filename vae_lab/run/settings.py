@@ -339,7 +339,7 @@ class RunSettings:
     posterior: Target | None = None
     seed: int = 0
     threads: int | str | None = "auto"
-    #: torch.compile the encoder and decoder: true (inductor), false, or a backend name.
+    #: torch.compile the encoder and decoder: true (inductor), false, an inductor mode or a backend name.
     compile: bool | str = False
     resume: bool = False
     check_finite_every_n_steps: int = 1
