@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vae_lab-installed
 
-.PHONY: setup constraints browser train test test-slow mutation gpu-check-bundle clean
+.PHONY: setup constraints browser train lint test test-slow mutation gpu-check-bundle clean
 
 # The exact versions tested here (constraints.txt) within the ranges pyproject.toml allows.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +31,11 @@ browser:
 
 train: $(STAMP)
 	$(BIN)/python -m vae_lab.train $(ARGS)
+
+# ruff's lint rules and formatting ([tool.ruff] in pyproject.toml); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
