@@ -8,7 +8,6 @@ into the run's ``summary.json`` (atomically, keeping its other fields). Settings
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import CheckpointError, ConfigError, VaeLabError
 from vae_lab.run import lock as run_lock
-from vae_lab.run.state import with_current_targets
+from vae_lab.run.state import read_summary, with_current_targets
 
 CONFIG_PATH = "pkg://vae_lab.conf"
 
@@ -51,20 +50,8 @@ def locate(run_dir: str | None, checkpoint: str | None) -> tuple[Path, Path]:
         )
     if checkpoint:
         return path, Path(checkpoint).expanduser().resolve()
-    summary = read_summary(path / "summary.json")
+    summary = read_summary(path) or {}
     return path, path / summary.get("best_checkpoint", DEFAULT_CHECKPOINT)
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """The run's summary.json, or an empty one when the run did not write it."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one."
-        ) from error
 
 
 def read_state_dict(checkpoint: Path, config: DictConfig | None = None, config_source: str = "") -> dict[str, Any]:
@@ -175,7 +162,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
 
     summary_path = run_dir / "summary.json"
-    summary = read_summary(summary_path)
+    summary = read_summary(run_dir) or {}
     for name in METRIC_NAMES:  # ELBO surgery and the gaps of an earlier evaluation, unless measured again
         summary.get("metrics", {}).pop(name, None)
     summary.setdefault("metrics", {}).update(result.metrics())
