@@ -35,14 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import RunInterrupted, VaeLabError
-from vae_lab.run import distributed
+from vae_lab.run import devices, distributed
 from vae_lab.run import lock as run_lock
 from vae_lab.run import state as run_state
-from vae_lab.run.launchers import LauncherKind, launcher_kind
+from vae_lab.run.launchers import LauncherKind, launcher_kind, processes_per_node
 from vae_lab.run.provenance import provenance_fields
+from vae_lab.tracking.wandb_mode import make_wandb_logger
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +124,6 @@ class Job:
 
     @classmethod
     def from_hydra(cls) -> Job:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hydra_config = HydraConfig.get()
         multirun = hydra_config.mode == RunMode.MULTIRUN
         choices = {str(k): (None if v is None else str(v)) for k, v in hydra_config.runtime.choices.items()}
@@ -164,7 +164,7 @@ class Job:
         if isinstance(cfg.get("threads"), int):  # a number; auto is chosen by model size in train()
             self.threads = int(cfg.threads)
         if self.threads:
-            import torch
+            import torch  # seconds to import: not at the top, which `python -m vae_lab.train --help` imports
 
             torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
@@ -201,13 +201,9 @@ class Job:
 
     def _share_machine(self, cfg: DictConfig) -> None:
         """Under joblib: a GPU lease per worker, or this worker's share of the CPU cores."""
-        from vae_lab.run import devices
-
         workers = devices.worker_count(int(self.launcher_config.get("n_jobs", -1)))
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         if accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available()):
-            from vae_lab.run.launchers import processes_per_node
-
             devices.lease_gpus(processes_per_node(cfg.trainer.get("devices", 1)))
         elif cfg.get("threads") in (None, "auto"):
             self.threads = devices.threads_per_worker(workers)
@@ -260,8 +256,6 @@ class Job:
         this job's run id; None when wandb is off."""
         if not settings:
             return None
-        from vae_lab.tracking.wandb_mode import make_wandb_logger
-
         assert self.plan is not None
         logger = make_wandb_logger(
             settings,
@@ -280,7 +274,7 @@ class Job:
         return distributed.slurm_plugins(self.launcher)
 
     def trainer_callbacks(self) -> list[Any]:
-        from vae_lab.run.log_flush import FlushLogsAtCheckpoint
+        from vae_lab.run.log_flush import FlushLogsAtCheckpoint  # imports Lightning: not at start-up
 
         return [FlushLogsAtCheckpoint(), *distributed.debug_callbacks(self.run_dir)]
 
@@ -290,7 +284,7 @@ class Job:
         distributed.check_supported(trainer, self.launcher)
         distributed.check_world_size(trainer)
         self.start(cfg)
-        import torch
+        import torch  # loaded by now (the Trainer is built); not at the top, for start-up's sake
 
         # The ranks vae_lab starts use the threads train() chose for this process.
         return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, torch.get_num_threads())
@@ -369,7 +363,7 @@ class Job:
 
 
 def _cuda_available() -> bool:
-    import torch
+    import torch  # seconds to import: only under joblib, when the accelerator is auto
 
     return torch.cuda.is_available()
 

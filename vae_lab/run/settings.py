@@ -42,6 +42,7 @@ import fnmatch
 import inspect
 import math
 import os
+import pkgutil
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -626,8 +627,6 @@ def closest_importable(dotted_path: str) -> str | None:
     """``dotted_path`` with its first name that does not exist replaced by the closest one that does
     (``lightning.pytorch.callback.LearningRateMonitor`` -> ``lightning.pytorch.callbacks.LearningRateMonitor``),
     or None when nothing is close."""
-    import pkgutil
-
     parts = dotted_path.split(".")
     for split in range(len(parts) - 1, 0, -1):
         try:

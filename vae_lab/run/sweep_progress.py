@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 STATE_FILE = ".sweep_progress.json"
@@ -101,8 +102,6 @@ def _sweep_dir(config: DictConfig) -> Path:
 
 
 def _is_multirun(config: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return OmegaConf.select(config, "hydra.mode", default=None) == RunMode.MULTIRUN
 
 
