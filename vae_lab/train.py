@@ -38,9 +38,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.model.build import build_datamodule, build_model
     from vae_lab.model.compilation import compile_networks
     from vae_lab.run import stages
-    from vae_lab.run.callbacks import resume_point, run_callbacks, run_loggers
-    from vae_lab.run.checkpoint_io import AtomicCheckpointIO
-    from vae_lab.run.checkpoints import CHECKPOINT_DIR
+    from vae_lab.run.callbacks import resume_point, run_callbacks, run_loggers, run_plugins
     from vae_lab.run.machine_checks import check_training_machine
     from vae_lab.run.settings import validate_config
     from vae_lab.run.threads import set_run_threads
@@ -57,14 +55,16 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     # Build: the data, the model, what it resumes from, the loggers, the callbacks and the Trainer.
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    check_writable_directory(job.run_dir / CHECKPOINT_DIR)  # made once data and model are sound
     config = OmegaConf.to_container(cfg, resolve=True)
     resume_from, resumed_epoch = resume_point(cfg, job, model, config)
     loggers = run_loggers(cfg, job, config, resumed_epoch)
     callbacks = run_callbacks(cfg, job, config)
-    plugins = [AtomicCheckpointIO(), *job.trainer_plugins()]
     trainer = instantiate(
-        cfg.trainer, logger=loggers, callbacks=callbacks.all, plugins=plugins, default_root_dir=str(job.run_dir)
+        cfg.trainer,
+        logger=loggers,
+        callbacks=callbacks.all,
+        plugins=run_plugins(job),
+        default_root_dir=str(job.run_dir),
     )
     set_run_threads(cfg.threads, model, datamodule, trainer, at_most=job.threads if job.threads_from_launcher else None)
     compile_networks(model, cfg.compile)

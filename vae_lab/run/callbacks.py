@@ -29,7 +29,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from vae_lab.evaluation.gradient_snr import gradient_snr_callbacks
+from vae_lab.files import check_writable_directory
 from vae_lab.run.checkpoint_integrity import CheckpointRecord
+from vae_lab.run.checkpoint_io import AtomicCheckpointIO
 from vae_lab.run.checkpoints import CHECKPOINT_DIR, check_checkpoint, checkpoint_callbacks, last_checkpoint
 from vae_lab.run.epoch_timer import epoch_timer_from_environment
 from vae_lab.run.finite_guard import NonFiniteGuard
@@ -93,7 +95,9 @@ def run_loggers(cfg: DictConfig, job: Job, config: dict[str, Any], resumed_epoch
 
 def resume_point(cfg: DictConfig, job: Job, model: Any, config: dict[str, Any]) -> tuple[str | None, int | None]:
     """With ``resume=true``: (``checkpoints/last.ckpt``, its epoch), checked on rank 0 to be whole and of
-    these settings (vae_lab.run.checkpoints); (None, None) for a fresh start."""
+    these settings (vae_lab.run.checkpoints); (None, None) for a fresh start. Call once the data and the model
+    are built: it first checks that ``checkpoints/`` can be written (making it), before anything trains."""
+    check_writable_directory(job.run_dir / CHECKPOINT_DIR)
     resume_from = last_checkpoint(job.run_dir) if cfg.resume else None
     if resume_from is None:
         if cfg.resume:
@@ -103,3 +107,8 @@ def resume_point(cfg: DictConfig, job: Job, model: Any, config: dict[str, Any]) 
     if not job.is_rank_zero:
         return str(resume_from), None
     return str(resume_from), check_checkpoint(resume_from, model, config=config)["epoch"]
+
+
+def run_plugins(job: Job) -> list[Any]:
+    """The Trainer's plugins: checkpoints written atomically (vae_lab.run.checkpoint_io), and the job's own (SLURM)."""
+    return [AtomicCheckpointIO(), *job.trainer_plugins()]
