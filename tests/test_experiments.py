@@ -72,7 +72,8 @@ def test_vampprior_paper_setup(data_root: Path) -> None:
     cfg = compose_experiment("vampprior", "full", data_root)
     assert (cfg.model.latent_dim, list(cfg.model.encoder.hidden_sizes)) == (40, [300, 300])
     assert cfg.model.encoder._target_.endswith("GatedMLPEncoder") and cfg.prior.n_pseudo_inputs == 500
-    assert (cfg.objective.warmup.epochs, cfg.early_stopping.patience, cfg.optimizer.lr) == (100, 50, 5e-4)
+    assert (cfg.objective.warmup.epochs, cfg.callbacks.early_stopping.patience, cfg.optimizer.lr) == (100, 50, 5e-4)
+    assert (cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode) == ("val/elbo", "max")
     baseline = compose_experiment("vampprior_standard", "full", data_root)
     assert baseline.prior._target_.endswith("StandardNormalPrior") and baseline.model == cfg.model
 

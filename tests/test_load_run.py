@@ -20,8 +20,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run_from_0.1.0"
 
 def score_test_set(run) -> dict[str, float]:
     """The test ELBO, reconstruction and KL of the loaded model over the run's test batches, with the
-    noise trainer.test drew (vae_lab.model.seeds: seeded from (seed, "test"))."""
-    from vae_lab.model.seeds import seed_stage
+    noise trainer.test drew (vae_lab.seeds: seeded from (seed, "test"))."""
+    from vae_lab.seeds import seed_stage
 
     seed_stage(run.config.seed, "test")
     totals, n = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}, 0

@@ -53,7 +53,11 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "threads": ([], "threads", "0"),
     "check_finite_every_n_steps": ([], "check_finite_every_n_steps", "-1"),
     "schedule": ([], "schedule", "weekly"),
-    "early_stopping.patience": (["early_stopping={patience:1}"], "early_stopping.patience", "0"),
+    "callbacks.early_stopping.patience": (
+        ["callbacks.early_stopping={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/elbo,patience:1}"],
+        "callbacks.early_stopping.patience",
+        "0",
+    ),
     "eval.n_importance_samples": ([], "eval.n_importance_samples", "-1"),
     "eval.memory_budget_mb": ([], "eval.memory_budget_mb", "0"),
     "eval.n_test_images": ([], "eval.n_test_images", "0"),

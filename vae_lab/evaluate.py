@@ -25,8 +25,8 @@ from vae_lab.run.loading import (
     load_weights,
     locate,
     read_state_dict,
-    read_summary,
 )
+from vae_lab.run.state import read_summary
 
 CONFIG_PATH = "pkg://vae_lab.conf"
 
@@ -83,7 +83,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
 
     summary_path = run_dir / "summary.json"
-    summary = read_summary(summary_path)
+    summary = read_summary(run_dir) or {}
     for name in METRIC_NAMES:  # ELBO surgery and the gaps of an earlier evaluation, unless measured again
         summary.get("metrics", {}).pop(name, None)
     summary.setdefault("metrics", {}).update(result.metrics())

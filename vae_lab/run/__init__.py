@@ -7,6 +7,8 @@
   ``checkpoint_io.py``, ``checkpoint_integrity.py``, ``provenance.py``, ``resume.py``.
 - Stopping: ``interrupts.py``, ``early_signals.py``, ``stopped_runs.py``, ``finite_guard.py``,
   ``pause_points.py`` (a test hook).
+- The Trainer's parts and the run's stages: ``callbacks.py`` (callbacks and loggers: config entries built by
+  Hydra, and those the machinery needs), ``stages.py`` (test the best checkpoint, images, summary.json).
 - Training-loop helpers: ``step_overheads.py``, ``log_flush.py``, ``epoch_timer.py``, ``shard_recorder.py``.
 
 May use everything below it: ``vae_lab.tracking``, ``vae_lab.evaluation``, ``vae_lab.model``,

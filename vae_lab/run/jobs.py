@@ -35,13 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import RunInterrupted, VaeLabError
-from vae_lab.run import distributed
+from vae_lab.run import devices, distributed
 from vae_lab.run import lock as run_lock
 from vae_lab.run import state as run_state
-from vae_lab.run.launchers import LauncherKind, launcher_kind
+from vae_lab.run.launchers import LauncherKind, launcher_kind, processes_per_node
+from vae_lab.run.provenance import provenance_fields
+from vae_lab.tracking.wandb_mode import make_wandb_logger
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 UNNAMED_OVERRIDES = ("hydra", "data.root", "resume", "sweep")
 #: Config groups whose choices become wandb tags (``likelihood:gaussian``).
 TAGGED_GROUPS = ("data", "likelihood", "prior", "model", "objective", "trainer")
+#: The summary.json statuses of a run that stopped (vae_lab.run.stopped_runs).
+STOPPED = ("failed", "interrupted", "diverged")
 #: The file in a sweep directory that fixes the sweep's wandb group across workers and re-launches.
 GROUP_FILE = ".wandb_group"
 
@@ -118,9 +124,6 @@ class Job:
 
     @classmethod
     def from_hydra(cls) -> Job:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hydra_config = HydraConfig.get()
         multirun = hydra_config.mode == RunMode.MULTIRUN
         choices = {str(k): (None if v is None else str(v)) for k, v in hydra_config.runtime.choices.items()}
@@ -161,7 +164,7 @@ class Job:
         if isinstance(cfg.get("threads"), int):  # a number; auto is chosen by model size in train()
             self.threads = int(cfg.threads)
         if self.threads:
-            import torch
+            import torch  # seconds to import: not at the top, which `python -m vae_lab.train --help` imports
 
             torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
@@ -193,19 +196,14 @@ class Job:
                 f"hydra.run.dir={self.run_dir})"
             )
         run_state.tidy_for_start(self.run_dir, self.plan)
-        fields = {**self.summary_fields(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        run_state.write_running_summary(self.run_dir, {**fields, "config": OmegaConf.to_container(cfg, resolve=True)})
+        run_state.write_running_summary(self.run_dir, self.summary(cfg, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
         self.running = True
 
     def _share_machine(self, cfg: DictConfig) -> None:
         """Under joblib: a GPU lease per worker, or this worker's share of the CPU cores."""
-        from vae_lab.run import devices
-
         workers = devices.worker_count(int(self.launcher_config.get("n_jobs", -1)))
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         if accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available()):
-            from vae_lab.run.launchers import processes_per_node
-
             devices.lease_gpus(processes_per_node(cfg.trainer.get("devices", 1)))
         elif cfg.get("threads") in (None, "auto"):
             self.threads = devices.threads_per_worker(workers)
@@ -223,6 +221,16 @@ class Job:
             "choices": self.choices,
             "launcher": self.launcher.value,
         }
+
+    def summary(self, cfg: DictConfig, trainer: Any = None, **fields: Any) -> dict[str, Any]:
+        """The fields of summary.json, in every state (the one place they are assembled): this launch
+        (:meth:`summary_fields`) and the resolved config; given the ``trainer``, where training got to
+        (provenance, seed, epochs, global steps); then ``fields`` (status, metrics, ...)."""
+        summary = {**self.summary_fields(), "config": OmegaConf.to_container(cfg, resolve=True)}
+        if trainer is not None:
+            summary |= provenance_fields(trainer.strategy.root_device)
+            summary |= {"seed": cfg.seed, "epochs": trainer.current_epoch, "global_steps": trainer.global_step}
+        return {**summary, **fields}
 
     @property
     def checkpoint_to_resume(self) -> str | None:
@@ -248,8 +256,6 @@ class Job:
         this job's run id; None when wandb is off."""
         if not settings:
             return None
-        from vae_lab.tracking.wandb_mode import make_wandb_logger
-
         assert self.plan is not None
         logger = make_wandb_logger(
             settings,
@@ -268,7 +274,7 @@ class Job:
         return distributed.slurm_plugins(self.launcher)
 
     def trainer_callbacks(self) -> list[Any]:
-        from vae_lab.run.log_flush import FlushLogsAtCheckpoint
+        from vae_lab.run.log_flush import FlushLogsAtCheckpoint  # imports Lightning: not at start-up
 
         return [FlushLogsAtCheckpoint(), *distributed.debug_callbacks(self.run_dir)]
 
@@ -278,54 +284,69 @@ class Job:
         distributed.check_supported(trainer, self.launcher)
         distributed.check_world_size(trainer)
         self.start(cfg)
-        import torch
+        import torch  # loaded by now (the Trainer is built); not at the top, for start-up's sake
 
         # The ranks vae_lab starts use the threads train() chose for this process.
         return distributed.ranks_of(trainer, cfg, self.run_dir, self.attempt, torch.get_num_threads())
 
     # ------------------------------------------------------------------ the end
-    def record_failure(self, cfg: DictConfig, error: BaseException) -> None:
-        """Rank 0: mark the run failed (or interrupted) in summary.json and in wandb, through
-        vae_lab.run.stopped_runs, unless train() already did. Never raises.
+    def record_failure(
+        self, cfg: DictConfig, error: BaseException, trainer: Any = None, interrupt: Any = None
+    ) -> BaseException:
+        """Mark the run failed, diverged or interrupted in summary.json and in wandb, through
+        vae_lab.run.stopped_runs (the one failure recorder), and return the exception to raise in
+        place of ``error`` (for an interruption, one that says how to resume). Never raises.
 
-        Recorded: a run that started (or whose wandb run exists), and any multirun job that got
-        past planning, so that a sweep's directory says which jobs failed. Not recorded: a single
-        run refused while it was being built (the message says it all and nothing is left behind),
-        and a launch refused by planning (the directory may belong to another run)."""
-        if not self.is_rank_zero or self.started_by_vae_lab or self.plan is None:
-            return
-        if not (self.running or self.wandb_logger is not None or self.multirun):
-            return
-        try:
-            previous = run_state.read_summary(self.run_dir) or {}
-        except VaeLabError:
-            previous = {}
-        if previous.get("attempt") == self.attempt and previous.get("status") in ("failed", "interrupted", "diverged"):
-            return  # train() recorded it
-        try:
-            from vae_lab.run.interrupts import GracefulInterrupt
-            from vae_lab.run.stopped_runs import record_stopped_run
+        From train() while it trains, evaluates or saves images (``trainer`` and its ``interrupt``
+        given): rank 0 records it with where training got to. From :func:`run_job`, for a failure
+        train() did not record, rank 0 records: a run that started (or whose wandb run exists), and any
+        multirun job that got past planning, so that a sweep's directory says which jobs failed. Not
+        recorded: a single run refused while it was being built (the message says it all and nothing
+        is left behind), and a launch refused by planning (the directory may belong to another run)."""
+        if trainer is None and not self._failure_left_to_record():
+            return error
+        from vae_lab.run.interrupts import GracefulInterrupt  # torch and lightning: here, not at start-up
+        from vae_lab.run.stopped_runs import record_stopped_run
 
-            config = OmegaConf.to_container(cfg, resolve=True)
-            if self.wandb_logger is None and cfg.get("logger") and cfg.logger.get("wandb"):
-                logger = self.make_wandb_logger(cfg.logger.wandb, config)
-                if logger is not None:
-                    logger.start()
-            known = {
-                "config": config,
-                **(previous if previous.get("attempt") == self.attempt else {}),
-                **self.summary_fields(),
-            }
-            record_stopped_run(
+        try:
+            if trainer is not None:
+                known = self.summary(cfg, trainer)
+            else:
+                if self.wandb_logger is None and cfg.get("logger") and cfg.logger.get("wandb"):
+                    logger = self.make_wandb_logger(cfg.logger.wandb, OmegaConf.to_container(cfg, resolve=True))
+                    if logger is not None:
+                        logger.start()
+                previous = self._previous_summary()
+                known = {**(previous if previous.get("attempt") == self.attempt else {}), **self.summary(cfg)}
+            replacement = record_stopped_run(
                 error,
                 run_dir=self.run_dir,
-                interrupt=GracefulInterrupt(),
+                interrupt=interrupt or GracefulInterrupt(),
                 overrides=self.overrides,
                 summary=known,
                 wandb_logger=self.wandb_logger,
+                is_global_zero=trainer.is_global_zero if trainer is not None else True,
             )
         except Exception as record_error:  # e.g. the output dir is not writable: say so, keep the first error
             log.error(f"vae_lab: could not record the failure in {self.run_dir}: {record_error}")
+            return error
+        return replacement if trainer is not None else error
+
+    def _previous_summary(self) -> dict[str, Any]:
+        try:
+            return run_state.read_summary(self.run_dir) or {}
+        except VaeLabError:
+            return {}
+
+    def _failure_left_to_record(self) -> bool:
+        """Whether :func:`run_job` records this job's failure (see :meth:`record_failure`)."""
+        if not self.is_rank_zero or self.started_by_vae_lab or self.plan is None:
+            return False
+        if not (self.running or self.wandb_logger is not None or self.multirun):
+            return False
+        previous = self._previous_summary()
+        recorded = previous.get("attempt") == self.attempt and previous.get("status") in STOPPED
+        return not recorded  # else train() recorded it
 
     def close(self) -> None:
         """Finish this job's wandb run if it is still open, so that the next job of this process
@@ -342,7 +363,7 @@ class Job:
 
 
 def _cuda_available() -> bool:
-    import torch
+    import torch  # seconds to import: only under joblib, when the accelerator is auto
 
     return torch.cuda.is_available()
 

@@ -9,7 +9,6 @@ was laid out by concept is read with its classes' current paths (vae_lab.run.sta
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import CheckpointError, ConfigError
-from vae_lab.run.state import with_current_targets
+from vae_lab.run.state import read_summary, with_current_targets
 
 if TYPE_CHECKING:
     from vae_lab.data import ImageDataModule
@@ -52,20 +51,8 @@ def locate(run_dir: str | os.PathLike | None, checkpoint: str | os.PathLike | No
         )
     if checkpoint:
         return path, Path(checkpoint).expanduser().resolve()
-    summary = read_summary(path / "summary.json")
+    summary = read_summary(path) or {}
     return path, path / summary.get("best_checkpoint", DEFAULT_CHECKPOINT)
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """The run's summary.json, or an empty one when the run did not write it."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{path} is not valid JSON ({error}); move it aside and run again to write a fresh one."
-        ) from error
 
 
 def read_state_dict(checkpoint: Path, config: DictConfig | None = None, config_source: str = "") -> dict[str, Any]:
@@ -187,4 +174,4 @@ def load_run(
     load_weights(model, found, state_dict)
     model.to(target).eval()
     datamodule.setup()  # the splits, as the run served them
-    return LoadedRun(model, datamodule, config, read_summary(path / "summary.json"), path, found)
+    return LoadedRun(model, datamodule, config, read_summary(path) or {}, path, found)

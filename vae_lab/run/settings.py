@@ -14,6 +14,9 @@ How a section is checked:
   objective is therefore checked from its signature with no change here.
 - A section without ``_target_`` (the top level, ``model``, ``logger``, ``logger.wandb``) is
   checked against a dataclass below, the same way (its fields are its parameters).
+- The entries of ``callbacks`` and the other entries of ``logger`` (:data:`ENTRY_SECTIONS`) are Lightning
+  callbacks and loggers by name: null, or a ``_target_`` that imports, names a Callback (Logger), and takes
+  the entry's other keys.
 - A plain mapping that a class takes as one argument (``objective.warmup``, ``objective.capacity``)
   has its keys checked against :data:`MAPPING_KEYS` and its values against :data:`RULES`.
 - :data:`RULES` adds the ranges and choices no annotation expresses (``objective.n_samples >= 1``,
@@ -39,6 +42,7 @@ import fnmatch
 import inspect
 import math
 import os
+import pkgutil
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -158,7 +162,7 @@ RULES: dict[str, Rule] = {
     "threads": at_least_or(1, "auto", "1 or all cores by model size, vae_lab/run/threads.py"),
     "check_finite_every_n_steps": at_least(0),
     "schedule": one_of(("full", "short")),
-    "early_stopping.patience": at_least(1),
+    "callbacks.early_stopping.patience": at_least(1),
     "eval.n_importance_samples": at_least(0),
     "eval.memory_budget_mb": greater_than(0),
     "eval.n_test_images": at_least(1),
@@ -306,7 +310,22 @@ class WandbSettings:
 
 @dataclass
 class LoggerSettings:
+    """``logger``: vae_lab's wandb logger (``wandb``), and any Lightning logger by name (:data:`ENTRY_SECTIONS`)."""
+
     wandb: WandbSettings | None = None
+
+
+@dataclass
+class CallbackSettings:
+    """``callbacks``: Lightning callbacks by name, each a section with ``_target_`` (:data:`ENTRY_SECTIONS`)."""
+
+
+#: Sections whose other entries are Lightning objects by name, built by Hydra (vae_lab.run.callbacks): each is null
+#: (left out) or a section whose ``_target_`` names a subclass of this class, checked against its signature.
+ENTRY_SECTIONS: dict[str, str] = {
+    "callbacks": "lightning.pytorch.callbacks.Callback",
+    "logger": "lightning.pytorch.loggers.Logger",
+}
 
 
 @dataclass
@@ -315,12 +334,6 @@ class ModelSettings:
     encoder: Target
     decoder: Target
     initialize_output_bias: bool | str = "auto"
-
-
-@dataclass
-class EarlyStoppingSettings:
-    #: Epochs without a better val/elbo before training stops.
-    patience: int
 
 
 @dataclass
@@ -344,13 +357,12 @@ class RunSettings:
     resume: bool = False
     check_finite_every_n_steps: int = 1
     lr_scheduler: Target | None = None
-    early_stopping: EarlyStoppingSettings | None = None
     #: Which of an experiment's ``schedules`` to run (conf/experiment/*.yaml).
     schedule: str = "full"
     schedules: dict[str, Any] | None = None
     eval: EvaluationSettings | None = None
-    #: Extra Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
-    callbacks: dict[str, Any] | None = None
+    #: Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
+    callbacks: CallbackSettings | None = None
     gradient_snr: GradientSNRSettings | None = None
 
 
@@ -515,6 +527,9 @@ class _Checker:
                     "groups); remove it from the config.",
                 )
                 continue
+            if key not in parameters and path in ENTRY_SECTIONS:
+                self.entry(key_path, value, ENTRY_SECTIONS[path])
+                continue
             if key not in parameters:
                 self.unknown(key_path, value, [name for name in parameters if name not in supplied], what)
                 continue
@@ -540,12 +555,32 @@ class _Checker:
             else:
                 self.value(f"{path}.{key}", item, Any)
 
+    def entry(self, path: str, value: Any, base: str) -> None:
+        """A named entry of an :data:`ENTRY_SECTIONS` section: null, or a ``base`` subclass with its arguments."""
+        if value is None:
+            return
+        what = base.rsplit(".", 1)[-1].lower()
+        if not isinstance(value, dict) or "_target_" not in value:
+            self.add(
+                path, value, f"must name a Lightning {what} class in {path}._target_ (or be null, to leave it out)."
+            )
+            return
+        factory = self.target_class(path, value)
+        if factory is None:
+            return
+        if not (isinstance(factory, type) and issubclass(factory, import_object(base))):
+            self.add(f"{path}._target_", value["_target_"], f"is not a Lightning {what} (a subclass of {base}).")
+            return
+        self.section(path, value, None)
+
     def target_class(self, path: str, values: dict) -> Any:
         target = values["_target_"]
         try:
             return import_object(target)
         except (ImportError, AttributeError, ValueError) as error:
-            self.add(f"{path}._target_", target, f"cannot be imported ({error}).")
+            close = closest_importable(str(target))
+            hint = f" Did you mean {close}?" if close else ""
+            self.add(f"{path}._target_", target, f"cannot be imported ({error}).{hint}")
             return None
 
     def value(self, path: str, value: Any, annotation: Any) -> None:
@@ -586,6 +621,24 @@ def import_object(dotted_path: str) -> Any:
             found = getattr(found, attribute)
         return found
     raise ImportError(f"no module of {dotted_path!r} can be imported")
+
+
+def closest_importable(dotted_path: str) -> str | None:
+    """``dotted_path`` with its first name that does not exist replaced by the closest one that does
+    (``lightning.pytorch.callback.LearningRateMonitor`` -> ``lightning.pytorch.callbacks.LearningRateMonitor``),
+    or None when nothing is close."""
+    parts = dotted_path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = import_object(".".join(parts[:split]))
+        except Exception:  # not importable either: try a shorter prefix
+            continue
+        names = {name for name in dir(found) if not name.startswith("_")}
+        if isinstance(found, types.ModuleType) and hasattr(found, "__path__"):
+            names |= {module.name for module in pkgutil.iter_modules(found.__path__)}
+        close = difflib.get_close_matches(parts[split], sorted(names), n=1)
+        return ".".join([*parts[:split], close[0], *parts[split + 1 :]]) if close else None
+    return None
 
 
 def _dataclass_in(annotation: Any) -> Any:
@@ -766,6 +819,7 @@ def validate_evaluate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
 
 __all__ = [
     "CROSS_CHECKS",
+    "ENTRY_SECTIONS",
     "EVALUATE_RULES",
     "MAPPING_KEYS",
     "RULES",
@@ -773,6 +827,7 @@ __all__ = [
     "EvaluateSettings",
     "Problem",
     "Rule",
+    "closest_importable",
     "find_problems",
     "raise_problems",
     "validate_config",

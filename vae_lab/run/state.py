@@ -67,6 +67,7 @@ MAY_CHANGE_ON_RESUME = (
     "check_finite_every_n_steps",  # monitoring only
     "eval",  # the evaluation settings
     "logger",  # where metrics go
+    "callbacks",  # what watches training (and when it stops early, as trainer.max_epochs does)
 )
 
 
@@ -77,13 +78,16 @@ def new_run_id() -> str:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` (None when there is none); ConfigError naming the file when it cannot be read."""
     path = Path(run_dir) / SUMMARY
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} cannot be read ({error}); move it away to start this run over.") from error
+        raise ConfigError(
+            f"{path} cannot be read ({error}); move it aside, and the next run or evaluation there writes a fresh one."
+        ) from error
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,17 +121,31 @@ MOVED_MODULES = {
 
 
 def with_current_targets(config: Any) -> Any:
-    """``config`` (plain containers or a DictConfig) with every ``_target_`` under a moved module
-    renamed to the module's current path; other values as they are."""
+    """``config`` (plain containers or a DictConfig) as today's code names it: every ``_target_`` under a
+    moved module renamed to the module's current path, and a top-level ``early_stopping`` (before it became
+    the callback entry ``callbacks.early_stopping``, :data:`EARLY_STOPPING`) moved there; other values as they are."""
     if isinstance(config, DictConfig):
         return OmegaConf.create(with_current_targets(OmegaConf.to_container(config)))
+    config = _renamed_targets(config)
+    if isinstance(config, dict) and "early_stopping" in config:
+        config = dict(config)
+        settings = config.pop("early_stopping")
+        if isinstance(settings, dict):
+            config["callbacks"] = {"early_stopping": {**EARLY_STOPPING, **settings}, **(config.get("callbacks") or {})}
+    return config
+
+
+#: The callback that a top-level ``early_stopping: {patience: N}`` of an older config meant.
+EARLY_STOPPING = {"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/elbo", "mode": "max"}
+
+
+def _renamed_targets(config: Any) -> Any:
     if isinstance(config, dict):
         return {
-            key: _current_target(item) if key == "_target_" else with_current_targets(item)
-            for key, item in config.items()
+            key: _current_target(item) if key == "_target_" else _renamed_targets(item) for key, item in config.items()
         }
     if isinstance(config, list):
-        return [with_current_targets(item) for item in config]
+        return [_renamed_targets(item) for item in config]
     return config
 
 

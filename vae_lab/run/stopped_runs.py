@@ -2,11 +2,14 @@
 its ``summary.json`` (``"status": "failed"``, ``"interrupted"``, or ``"diverged"`` when training
 stopped on a non-finite or diverged loss, see vae_lab.run.finite_guard), its wandb run is finished with a
 non-zero exit code, and the person running it gets one message saying what happened and what to do.
+Any job that raised, also one refused before its run started, gets ``failure.json`` beside it
+(:func:`record_failed_job`, called by the Hydra callback vae_lab.run.sweep_progress.SweepProgress).
 """
 
 from __future__ import annotations
 
 import signal
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +19,7 @@ from vae_lab.errors import NumericalError, RunInterrupted
 from vae_lab.files import write_json_atomically
 from vae_lab.run.checkpoints import last_checkpoint
 from vae_lab.run.interrupts import GracefulInterrupt, resume_command
+from vae_lab.run.sweep_progress import FAILURE_FILE
 
 
 def record_stopped_run(
@@ -80,3 +84,16 @@ def record_stopped_run(
         except OSError as write_error:  # the run is stopping anyway: say it, keep the first error
             print(f"vae_lab: could not write {run_dir / 'summary.json'}: {write_error}")
     return replacement
+
+
+def failure_reason(error: Any) -> str:
+    """``Type: message`` of an exception on one line ("" for anything else)."""
+    return " ".join(f"{type(error).__name__}: {error}".split()) if isinstance(error, BaseException) else ""
+
+
+def record_failed_job(job_dir: Path, error: Any) -> str:
+    """``<job dir>/failure.json`` for a job that raised ``error`` (whether or not its run started), so that
+    the report tells it from one still running; returns :func:`failure_reason`."""
+    reason = failure_reason(error)
+    write_json_atomically(Path(job_dir) / FAILURE_FILE, {"status": "failed", "error": reason, "time": time.time()})
+    return reason

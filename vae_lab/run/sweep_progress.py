@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-
-from vae_lab.files import write_json_atomically
 
 STATE_FILE = ".sweep_progress.json"
 #: Written into a job's directory when the job raised (single runs too), for the report.
@@ -124,8 +123,6 @@ def _sweep_dir(config: DictConfig) -> Path:
 
 
 def _is_multirun(config: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return OmegaConf.select(config, "hydra.mode", default=None) == RunMode.MULTIRUN
 
 
@@ -153,10 +150,11 @@ class SweepProgress(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         job_dir = Path(str(config.hydra.runtime.output_dir))
         status = getattr(job_return.status, "name", str(job_return.status)).lower()
-        error = job_failure(job_return) if status == "failed" else None
-        reason = " ".join(f"{type(error).__name__}: {error}".split()) if isinstance(error, BaseException) else ""
+        reason = ""
         if status == "failed":
-            write_json_atomically(job_dir / FAILURE_FILE, {"status": "failed", "error": reason, "time": time.time()})
+            from vae_lab.run.stopped_runs import record_failed_job  # imports torch: only once a job failed
+
+            reason = record_failed_job(job_dir, job_failure(job_return))
         if not _is_multirun(config):
             return
         sweep_dir = _sweep_dir(config)

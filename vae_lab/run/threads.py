@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from vae_lab.errors import ConfigError
@@ -65,3 +67,21 @@ def choose_threads(
         return torch.get_num_threads()
     gflop = training_flops(model, image_shape, batch_size) / 1e9
     return cores if gflop >= MANY_THREADS_FROM_GFLOP else 1
+
+
+def set_run_threads(
+    setting: int | str | None, model: torch.nn.Module, datamodule: Any, trainer: Any, at_most: int | None = None
+) -> int:
+    """Set torch's thread count for a run's Trainer (:func:`choose_threads` for its devices on this
+    machine), never above ``at_most`` (a parallel launcher worker's share of the cores); returns it."""
+    threads = choose_threads(
+        setting,
+        model,
+        datamodule.image_shape,
+        datamodule.batch_size,
+        trainer.num_devices,
+        trainer.strategy.root_device.type,
+    )
+    threads = min(threads, at_most) if at_most is not None else threads
+    torch.set_num_threads(threads)
+    return threads
