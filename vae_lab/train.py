@@ -55,7 +55,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.run.settings import validate_config
     from vae_lab.run.step_overheads import step_overhead_callbacks
     from vae_lab.run.stopped_runs import record_stopped_run
-    from vae_lab.run.threads import choose_threads
+    from vae_lab.run.threads import choose_threads, evaluation_threads
     from vae_lab.tracking.console import metrics_csv_logger, route_lightning_logs
     from vae_lab.tracking.wandb_mode import offline_sync_hint
     from vae_lab.tracking.wandb_run import configured_callbacks, log_best_checkpoint_if_asked, wandb_callbacks
@@ -138,6 +138,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
                         trainer.loggers,
                         trainer.global_step,
                         safe_point=interrupt.at_evaluation_batch,
+                        threads=evaluation_threads(
+                            cfg.threads, trainer.num_devices, device, job.threads if job.threads_from_launcher else None
+                        ),
                     )
                 )
                 interrupt.safe_point("images", " before the image grids")
