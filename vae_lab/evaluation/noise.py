@@ -9,8 +9,9 @@ threads only through float rounding (tests/test_evaluation_noise.py: within 1e-4
 
 A stream names one use of the noise (the importance samples, the inference gaps' fits ...), so that
 two uses never share draws. Measured on 2 busy cores: seeding a generator costs about 15 us (0.15 s
-for 10,000 images) and a block of 128 x 50 normal numbers about 5 ns a number, as much as one draw of
-the same numbers from a single generator.
+for 10,000 images) and a block of 128 x 50 normal numbers about 5 ns a number; the default k = 5000
+evaluation on one thread took 0.057-0.061 s per image with this noise and with one generator per
+evaluation (interleaved runs, 96 images).
 """
 
 from __future__ import annotations
