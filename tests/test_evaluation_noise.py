@@ -132,7 +132,7 @@ def test_the_thread_choice_times_each_candidate_and_keeps_the_fastest() -> None:
     before = torch.get_num_threads()
     try:
         choice = ThreadChoice([2, 1, 2])
-        assert choice.candidates == [1, 2] and choice.schedule == [1, 2, 2, 1, 1, 2]
+        assert choice.candidates == [1, 2] and choice.schedule == [1, 2, 2, 1]
         ran = []
         for _ in range(len(choice.schedule)):
             with choice.timed(10) as threads:
