@@ -15,7 +15,7 @@ from conftest import TINY, compose_config
 
 from vae_lab.evaluation.importance_sampling import EvaluationSettings, evaluate
 from vae_lab.evaluation.noise import NOISE_BLOCK, ImageNoise, image_seeds
-from vae_lab.evaluation.thread_choice import ThreadChoice
+from vae_lab.evaluation.thread_choice import CLEAR_LOSER, ThreadChoice
 from vae_lab.model.build import build_datamodule, build_model
 from vae_lab.run.devices import available_cores
 from vae_lab.run.jobs import Job
@@ -134,14 +134,27 @@ def test_the_thread_choice_times_each_candidate_and_keeps_the_fastest() -> None:
         choice = ThreadChoice([2, 1, 2])
         assert choice.candidates == [1, 2] and choice.schedule == [1, 2, 2, 1]
         ran = []
-        for _ in range(len(choice.schedule)):
+        while choice.calibrating:
             with choice.timed(10) as threads:
                 ran.append((threads, torch.get_num_threads()))
-        assert ran == [(t, t) for t in choice.schedule]
+        assert 2 <= len(ran) <= 4 and ran == [(t, t) for t in [1, 2, 2, 1][: len(ran)]]  # < 4: a clear loser
         assert set(choice.details()) == {"1", "2"} and choice.chosen in (1, 2)
         fastest = min(choice.seconds_per_image, key=choice.seconds_per_image.get)
         with choice.timed(10) as threads:
             assert threads == fastest == choice.chosen == torch.get_num_threads()
+        # A clear loser (more than CLEAR_LOSER times slower) ends the calibration once every candidate is timed.
+        busy = ThreadChoice([1, 2])
+        busy.record(1, 0.04)
+        busy.batches += 1
+        assert busy.calibrating
+        busy.record(2, 0.04 * CLEAR_LOSER * 1.01)
+        busy.batches += 1
+        assert not busy.calibrating and busy.chosen == 1
+        close = ThreadChoice([1, 2])
+        for threads, seconds in [(1, 0.04), (2, 0.04 * CLEAR_LOSER * 0.99)]:
+            close.record(threads, seconds)
+            close.batches += 1
+        assert close.calibrating and close.chosen == 1
         single = ThreadChoice([1])
         assert single.schedule == [] and single.details() is None and single.settle() == 1
     finally:

@@ -5,8 +5,9 @@ products gain little from a second core), but the evaluation decodes chunks of t
 once: large matrix products and elementwise log-likelihoods, which a second idle core speeds up,
 and which a core held by other processes slows down. Which wins depends on the machine and its
 load at the time, so the evaluation measures it: it runs its first batches on each candidate thread
-count in turn (1, N, N, 1 for candidates 1 and N), takes each candidate's fastest batch (the
-first batches pay one-off costs) and runs the rest on the fastest candidate. The timed batches are
+count in turn (1, N, N, 1 for candidates 1 and N; it stops after 1, N when one is more than twice as
+slow as the other), takes each candidate's fastest batch (the first batches pay one-off costs) and
+runs the rest on the fastest candidate. The timed batches are
 part of the evaluation, not extra work, and the figures do not depend on the choice (the noise is
 drawn per image, vae_lab.evaluation.noise).
 """
@@ -23,6 +24,9 @@ import torch
 #: each candidate's faster batch is free of the one-off costs of its first, and a candidate that a busy
 #: machine makes 8x slower (measured here: 0.71 against 0.09 s per image) costs two batches only.
 CALIBRATION_ROUNDS = 2
+#: Once every candidate is timed, one this many times slower than the fastest ends the calibration early:
+#: a clear loser (a second core held by other processes) is not worth a second batch.
+CLEAR_LOSER = 2.0
 
 
 class ThreadChoice:
@@ -75,9 +79,16 @@ class ThreadChoice:
         started = time.perf_counter()
         yield threads
         if measuring:
-            per_image = (time.perf_counter() - started) / max(1, images)
-            self.seconds_per_image[threads] = min(per_image, self.seconds_per_image.get(threads, float("inf")))
+            self.record(threads, (time.perf_counter() - started) / max(1, images))
         self.batches += 1
+
+    def record(self, threads: int, seconds_per_image: float) -> None:
+        """A timed batch on ``threads`` threads (the batch count is :meth:`timed`'s); the calibration ends
+        after it when every candidate is timed and one is a clear loser (``CLEAR_LOSER``)."""
+        self.seconds_per_image[threads] = min(seconds_per_image, self.seconds_per_image.get(threads, float("inf")))
+        timings = self.seconds_per_image.values()
+        if len(self.seconds_per_image) == len(self.candidates) and max(timings) > CLEAR_LOSER * min(timings):
+            self.schedule = self.schedule[: self.batches + 1]
 
     def details(self) -> dict[str, float] | None:
         """Seconds per image of each candidate's fastest timed batch (None when there was nothing to choose)."""
