@@ -133,7 +133,7 @@ def test_surgery_estimators_converge_as_images_and_samples_grow() -> None:
 def gaps(model: LinearGaussian, n_images: int = 100, k: int = 400, steps: int = 150):
     settings = InferenceGapSettings(n_images=n_images, steps=steps, lr=0.05, n_samples=8, images_per_batch=64)
     x = model.sample_x(n_images, seed=3)
-    return inference_gaps(model, x, settings, k, samples_per_chunk=100, generator=torch.Generator().manual_seed(4))
+    return inference_gaps(model, x, settings, k, samples_per_chunk=100, seed=4)
 
 
 def closed_form_approximation_gap(model: LinearGaussian) -> float:

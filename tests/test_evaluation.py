@@ -257,6 +257,8 @@ def test_evaluate_command_updates_summary_and_is_repeatable(trained_run: Path, d
     assert metrics["test/nll_is"] < -metrics["test/elbo_k_samples"]
     assert after["evaluation"]["n_importance_samples"] == 50 and after["evaluation"]["n_images"] == 10_000
     assert after["evaluation"]["checkpoint"] == "checkpoints/best.ckpt"
+    assert after["evaluation"]["threads"] == 1  # threads=1: no choice to time
+    assert "seconds_per_image_by_threads" not in after["evaluation"]
     # Everything else in the summary is kept.
     for key in ("status", "config", "overrides", "seed", "best_checkpoint"):
         assert after[key] == before[key]

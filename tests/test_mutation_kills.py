@@ -31,6 +31,7 @@ from vae_lab.evaluation.importance_sampling import (
     log_metrics,
     plan_chunks,
 )
+from vae_lab.evaluation.noise import ImageNoise
 from vae_lab.model.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
 from vae_lab.model.likelihoods.continuous_bernoulli import StableContinuousBernoulli, log_mean_of_exponential_decay
 from vae_lab.model.networks import MLPEncoder
@@ -241,6 +242,8 @@ def evaluation_result(kl_per_dim: list[float] | None = (0.5, 2.25)) -> Evaluatio
         images_per_batch=100,
         samples_per_chunk=250,
         seconds=12.5,
+        threads=2,
+        thread_timings={"1": 0.04, "2": 0.025},
     )
 
 
@@ -265,13 +268,15 @@ def test_evaluation_metrics_and_details_name_every_figure() -> None:
         "samples_per_chunk": 250,
         "seconds": 12.5,
         "posterior_mean_samples": 0,  # E_q[z] in closed form (a Gaussian q)
+        "threads": 2,
+        "seconds_per_image_by_threads": {"1": 0.04, "2": 0.025},
     }
 
 
 def test_evaluation_table_lists_every_figure_aligned() -> None:
     assert (
         evaluation_result().table([("checkpoint", "best.ckpt")])
-        == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s\ncheckpoint                   best.ckpt"
+        == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s on 2 threads\ncheckpoint                   best.ckpt"
     )
     assert "KL per dimension             n/a (q(z|x) or p(z) does not factorize)" in evaluation_result(None).table()
 
@@ -732,9 +737,13 @@ def test_evaluate_sums_every_batch_and_reports_its_settings() -> None:
     )
     result = evaluate(model, x, settings, progress=lambda done, total: calls.append((done, total)))
     assert model.training and calls == [(3, 8), (6, 8), (8, 8)]
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        batches = [importance_sampled_terms(model, x[i : i + 3], 12, 4, generator)[0] for i in (0, 3, 6)]
+    with torch.no_grad():  # each image's own noise, as evaluate() draws it
+        batches = [
+            importance_sampled_terms(model, x[i : i + 3], 12, 4, ImageNoise(5, range(i, min(8, i + 3)), "importance"))[
+                0
+            ]
+            for i in (0, 3, 6)
+        ]
         posterior = model.posterior(x)
     log_likelihood = sum(float(t.importance_weighted_bound().double().sum()) for t in batches) / 8
     elbo = sum(float(t.elbo.double().sum()) for t in batches) / 8
@@ -956,9 +965,8 @@ def test_evaluate_a_prior_without_kl_per_dimension_and_the_seconds_it_took() -> 
     assert result.kl_per_dim is None and "test/kl_per_dim" not in result.metrics()
     assert isinstance(result.seconds, float) and 0 <= result.seconds <= elapsed + 0.01
     assert result.seconds == round(result.seconds, 2)
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        terms, _ = importance_sampled_terms(model, x, 6, 6, generator)
+    with torch.no_grad():  # the same noise: each image's own, from the evaluation's seed
+        terms, _ = importance_sampled_terms(model, x, 6, 6, ImageNoise(2, range(5), "importance"))
     # Monte Carlo KL over the same samples: mean_l [log q(z_l|x) - log p(z_l)]
     torch.testing.assert_close(terms.kl, (terms.log_posterior - terms.log_prior).mean(0))
     assert result.elbo == pytest.approx(float((terms.reconstruction - terms.kl).double().mean()), abs=1e-6)

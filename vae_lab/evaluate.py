@@ -35,8 +35,6 @@ log = logging.getLogger("vae_lab.evaluate")  # not __main__ under `python -m`
 
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run named by ``cfg.run_dir``, update its summary.json; returns the summary."""
-    import torch
-
     from vae_lab.evaluation.decompositions import METRIC_NAMES
     from vae_lab.evaluation.importance_sampling import EvaluationSettings, ProgressPrinter, evaluate
     from vae_lab.files import write_json_atomically
@@ -44,7 +42,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     from vae_lab.run.machine_checks import evaluation_device
     from vae_lab.run.provenance import provenance
     from vae_lab.run.settings import validate_evaluate_config
-    from vae_lab.run.threads import choose_threads
+    from vae_lab.run.threads import evaluation_threads
 
     validate_evaluate_config(cfg)  # unknown keys, types and ranges, before anything is read
     device = evaluation_device(cfg.device, cfg.memory_budget_mb, cfg.n_importance_samples)
@@ -74,13 +72,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(run_cfg, datamodule)
     load_weights(model, checkpoint, state_dict)
     model.to(device)
-    threads = cfg.threads or run_cfg.get("threads")
-    if threads:  # a number, or auto: by model size, as in training (vae_lab/run/threads.py)
-        torch.set_num_threads(
-            choose_threads(threads, model, datamodule.image_shape, datamodule.batch_size, device_type=device.type)
-        )
+    # A number, or auto: 1 or all cores, whichever its first batches run faster on (vae_lab/run/threads.py).
+    threads = evaluation_threads(cfg.threads or run_cfg.get("threads"), device_type=device.type)
     datamodule.setup("test")
-    result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter())
+    result = evaluate(model, datamodule.splits["test"], settings, progress=ProgressPrinter(), threads=threads)
 
     summary_path = run_dir / "summary.json"
     summary = read_summary(run_dir) or {}

@@ -41,7 +41,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
     from vae_lab.run.callbacks import resume_point, run_callbacks, run_loggers, run_plugins
     from vae_lab.run.machine_checks import check_training_machine
     from vae_lab.run.settings import validate_config
-    from vae_lab.run.threads import set_run_threads
+    from vae_lab.run.threads import evaluation_threads, set_run_threads
     from vae_lab.tracking.console import route_lightning_logs
 
     # Check: every key, type and range, then the devices and memory it asks of this machine, before any work.
@@ -82,8 +82,14 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, Any]:
             if not trainer.is_global_zero:  # under DDP only rank 0 evaluates, saves and writes
                 return {}
             safe_point = interrupt.at_evaluation_batch  # the IS log-likelihood etc. of the best checkpoint's weights
+            threads = evaluation_threads(
+                cfg.threads,
+                trainer.num_devices,
+                trainer.strategy.root_device.type,
+                job.threads if job.threads_from_launcher else None,
+            )  # the evaluation times 1 and all of its cores on its first batches and runs on the faster
             metrics |= evaluate_at_end_of_training(
-                cfg, model, datamodule, trainer.loggers, trainer.global_step, safe_point
+                cfg, model, datamodule, trainer.loggers, trainer.global_step, safe_point, threads=threads
             )
             interrupt.safe_point("images", " before the image grids")
             grids = stages.save_images(cfg.seed, model, datamodule, trainer, job)

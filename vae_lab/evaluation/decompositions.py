@@ -46,6 +46,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 
 from vae_lab.errors import ConfigError
+from vae_lab.evaluation.noise import ImageNoise, standard_normal
 
 #: Every metric this module reports: a re-evaluation that does not compute one removes its old value.
 METRIC_NAMES = tuple(
@@ -255,10 +256,12 @@ def elbo_samples(
     model: Any, x: torch.Tensor, posterior: Independent, z: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ELBO integrand log p(x|z) - KL term, log-weight log p(x|z) + log p(z) - log q(z|x)), both [S, B],
-    for z [S, B, d] drawn from ``posterior``; the KL term is the model's own (analytic when it has one)."""
+    for z [S, B, d] drawn from ``posterior``; the KL term is the model's own, of each sample on its own:
+    analytic [B] when it has one, else each sample's Monte Carlo KL [S, B] (a mean over the chunk of
+    samples would make the integrand's variance depend on the chunks)."""
     log_likelihood = model.observation_model(z).log_prob(x)
     log_prior, log_posterior = model.prior.log_prob(z), posterior.log_prob(z)
-    kl, _ = model.kl_divergence(posterior, z, log_prior, log_posterior)
+    kl, _ = model.kl_divergence(posterior, z.unsqueeze(0), log_prior.unsqueeze(0), log_posterior.unsqueeze(0))
     return log_likelihood - kl, log_likelihood + log_prior - log_posterior
 
 
@@ -267,7 +270,7 @@ def gaussian(loc: torch.Tensor, log_variance: torch.Tensor) -> Independent:
 
 
 def fit_local_posteriors(
-    model: Any, x: torch.Tensor, start: Normal, settings: InferenceGapSettings, generator: torch.Generator
+    model: Any, x: torch.Tensor, start: Normal, settings: InferenceGapSettings, generator: torch.Generator | ImageNoise
 ) -> Independent:
     """q*(z|x_n) for each image of ``x``: the mean and log-variance of a diagonal Gaussian, from the
     encoder's ``start``, by Adam on the sum over images of the K-sample ELBO (Adam acts elementwise,
@@ -281,9 +284,7 @@ def fit_local_posteriors(
     with torch.enable_grad():
         for _ in range(settings.steps):
             q = gaussian(loc, log_variance)
-            noise = torch.randn(
-                (settings.n_samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype
-            )
+            noise = standard_normal(generator, settings.n_samples, loc.detach())
             z = q.base_dist.loc + q.base_dist.scale * noise
             integrand, _ = elbo_samples(model, x, q, z)
             loss = -integrand.mean(0).sum()
@@ -321,19 +322,14 @@ def gap_estimates(
     optimized: Independent,
     k: int,
     chunk: int,
-    generator: torch.Generator,
+    generator: torch.Generator | ImageNoise,
 ) -> GapEstimates:
     """ELBO[q] and ELBO[q*] on the same k noise draws, log p(x) by importance sampling with q* (and,
     for comparison, with q) as the proposal; the log-weights of all k samples go through one logsumexp."""
     columns: dict[str, list[torch.Tensor]] = {"encoder": [], "optimized": [], "log_w": [], "log_w_encoder": []}
     with torch.inference_mode():
         for start in range(0, k, chunk):
-            noise = torch.randn(
-                (min(chunk, k - start), *encoder.base_dist.loc.shape),
-                generator=generator,
-                device=x.device,
-                dtype=encoder.base_dist.loc.dtype,
-            )
+            noise = standard_normal(generator, min(chunk, k - start), encoder.base_dist.loc)
             pairs = ((encoder, "encoder", "log_w_encoder"), (optimized, "optimized", "log_w"))
             for q, integrand_name, weight_name in pairs:
                 integrand, log_weight = elbo_samples(model, x, q, q.base_dist.loc + q.base_dist.scale * noise)
@@ -414,10 +410,12 @@ def inference_gaps(
     settings: InferenceGapSettings,
     n_importance_samples: int,
     samples_per_chunk: int,
-    generator: torch.Generator,
+    seed: int,
 ) -> InferenceGapResult:
     """The approximation and amortization gaps on the first ``settings.n_images`` of ``images``,
-    batches of ``settings.images_per_batch`` images (see the module docstring)."""
+    batches of ``settings.images_per_batch`` images (see the module docstring); the noise of the fits
+    and of the importance samples is each image's own (vae_lab.evaluation.noise, from ``seed``), so
+    the gaps do not depend on the batches or the chunks."""
     started = time.perf_counter()
     if settings.n_images > images.shape[0]:
         raise ConfigError(
@@ -428,16 +426,17 @@ def inference_gaps(
     estimates: list[GapEstimates] = []
     for start in range(0, settings.n_images, settings.images_per_batch):
         x = images[start : min(settings.n_images, start + settings.images_per_batch)].to(device)
+        batch = range(start, start + x.shape[0])
         with torch.inference_mode():
             encoder = model.posterior(x)
         base = diagonal_gaussian(encoder)
         if base is None:
             raise ConfigError(f"eval.inference_gap {unsupported_family(encoder)}; set eval.inference_gap.n_images=0.")
         encoder = gaussian(base.loc.clone(), 2 * base.scale.clone().log())
-        optimized = fit_local_posteriors(model, x, encoder.base_dist, settings, generator)
-        estimates.append(
-            gap_estimates(model, x, encoder, optimized, n_importance_samples, samples_per_chunk, generator)
-        )
+        fit_noise = ImageNoise(seed, batch, "inference_gap.fit")
+        optimized = fit_local_posteriors(model, x, encoder.base_dist, settings, fit_noise)
+        noise = ImageNoise(seed, batch, "inference_gap.importance")
+        estimates.append(gap_estimates(model, x, encoder, optimized, n_importance_samples, samples_per_chunk, noise))
     joined = {name: torch.cat([getattr(e, name) for e in estimates]) for name in GapEstimates.__dataclass_fields__}
     n = settings.n_images
 

@@ -11,6 +11,10 @@ k log-weights of every data point are gathered in chunks of samples that fit a m
 then go through ONE logsumexp over all k. (The mean of the estimates of chunks of S samples would
 estimate L_S, a looser bound.) Data points and samples are batched together: a chunk of S samples for B images
 is z of shape [S, B, latent_dim], decoded in one call.
+
+The noise is drawn per image and per sample (vae_lab.evaluation.noise), so the figures do not depend on
+the batches, the chunks or the thread count beyond float rounding; the thread count is measured on the
+first batches (vae_lab.evaluation.thread_choice).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, TransformedDistribution
 
 from vae_lab.errors import ConfigError
 from vae_lab.evaluation.decompositions import (
@@ -37,6 +41,8 @@ from vae_lab.evaluation.decompositions import (
     settings_from,
     unsupported_family,
 )
+from vae_lab.evaluation.noise import ImageNoise, standard_normal, stream_generator
+from vae_lab.evaluation.thread_choice import ThreadChoice
 from vae_lab.model.objectives import ELBOTerms
 from vae_lab.model.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 from vae_lab.model.vae import VAE, kl_per_dim_names
@@ -175,9 +181,10 @@ def plan_chunks(model: VAE, n_images: int, settings: EvaluationSettings) -> Chun
     return ChunkPlan(images, samples, bytes_per_sample)
 
 
-def draw_latents(posterior: Distribution, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n samples z ~ q(z|x), shape [n, *batch_shape, latent_dim], drawn from ``generator`` (so an
-    evaluation is repeatable without touching the global random state)."""
+def draw_latents(posterior: Distribution, n: int, generator: torch.Generator | ImageNoise) -> torch.Tensor:
+    """n samples z ~ q(z|x), shape [n, *batch_shape, latent_dim], from the noise of ``generator``: one
+    generator for the batch, or each image's own samples (:class:`ImageNoise`, what :func:`evaluate` uses),
+    so that an evaluation is repeatable without touching the global random state."""
     if isinstance(posterior, TransformedDistribution):  # a flow (vae_lab/posteriors): base noise, then each step
         z = draw_latents(posterior.base_dist, n, generator)
         for transform in posterior.transforms:
@@ -185,10 +192,15 @@ def draw_latents(posterior: Distribution, n: int, generator: torch.Generator) ->
         return z
     base = posterior.base_dist if isinstance(posterior, Independent) else posterior
     if isinstance(base, Normal):
-        noise = torch.randn((n, *base.loc.shape), generator=generator, device=base.loc.device, dtype=base.loc.dtype)
-        return base.loc + base.scale * noise
+        return base.loc + base.scale * standard_normal(generator, n, base.loc)
+    if isinstance(posterior, MultivariateNormal):  # z = mu + L eps, as MultivariateNormal.rsample
+        noise = standard_normal(generator, n, posterior.loc)
+        return posterior.loc + (posterior.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
     # Any other q(z|x) samples from the global stream: fork it, seeded from the generator.
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    if isinstance(generator, ImageNoise):
+        seed = generator.fork_seed(posterior.mean.device)
+    else:
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
     devices = [posterior.mean.device] if posterior.mean.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -196,11 +208,12 @@ def draw_latents(posterior: Distribution, n: int, generator: torch.Generator) ->
 
 
 def importance_sampled_terms(
-    model: VAE, x: torch.Tensor, n_samples: int, samples_per_chunk: int, generator: torch.Generator
+    model: VAE, x: torch.Tensor, n_samples: int, samples_per_chunk: int, generator: torch.Generator | ImageNoise
 ) -> tuple[ELBOTerms, torch.Tensor]:
     """The ELBO terms of ``n_samples`` z_i ~ q(z|x) per image, gathered chunk by chunk into
     [k, B] tensors, and the posterior means E_q[z] [B, latent_dim] (exact for a Gaussian q(z|x), else
-    the mean of the k draws, topped up to ``MOMENT_SAMPLES``).
+    the mean of the k draws, topped up to ``MOMENT_SAMPLES``). A Monte Carlo KL per dimension is the
+    mean over all k samples too, accumulated chunk by chunk.
 
     q(z|x) is computed once; each chunk decodes z of shape [S, B, latent_dim] in one call.
     ``terms.importance_weighted_bound()`` is then the estimate of log p(x) with one logsumexp over
@@ -210,6 +223,7 @@ def importance_sampled_terms(
     dtype = latent_dtype(posterior)
     exact_mean = has_closed_form_moments(posterior)
     z_sum = 0.0
+    per_dim_sum: torch.Tensor | None = None  # a Monte Carlo KL per dimension, summed over the samples
     log_likelihood, log_prior, log_posterior = (
         torch.empty(n_samples, batch, device=x.device, dtype=dtype) for _ in range(3)
     )
@@ -221,8 +235,15 @@ def importance_sampled_terms(
         log_posterior[start:stop] = posterior.log_prob(z)
         if not exact_mean:
             z_sum = z_sum + z.sum(0)
-    # The total KL uses all k samples; a Monte Carlo KL per dimension (no closed form) uses the last chunk's.
+        if not model.use_analytic_kl:
+            _, chunk_per_dim = model.kl_divergence(posterior, z, log_prior[start:stop], log_posterior[start:stop])
+            if chunk_per_dim is not None:
+                chunk_sum = chunk_per_dim * (stop - start)
+                per_dim_sum = chunk_sum if per_dim_sum is None else per_dim_sum + chunk_sum
+    # The total KL uses all k samples (the buffers); so does a Monte Carlo KL per dimension (the sums).
     kl, kl_per_dim = model.kl_divergence(posterior, z, log_prior, log_posterior)
+    if per_dim_sum is not None:
+        kl_per_dim = per_dim_sum / n_samples
     if exact_mean:
         means = posterior.mean
     else:  # at least MOMENT_SAMPLES draws: the noise of the mean adds Var_q(z_u) / draws to the activity
@@ -265,6 +286,10 @@ class EvaluationResult:
     #: Draws of z per image behind E_q[z] for the active units: 0 where q(z|x) has it in closed form
     #: (Gaussian), else max(k, MOMENT_SAMPLES): the importance samples, topped up (a flow posterior).
     posterior_mean_samples: int = 0
+    #: The torch threads the evaluation ran on after its first batches (vae_lab.evaluation.thread_choice),
+    #: and the seconds per image of each candidate's fastest timed batch (None: one candidate, not timed).
+    threads: int = 1
+    thread_timings: dict[str, float] | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The summary.json metrics: ``test/nll_is`` (-log p(x), positive nats), ``test/bpd_is``,
@@ -299,8 +324,11 @@ class EvaluationResult:
                 "samples_per_chunk",
                 "seconds",
                 "posterior_mean_samples",
+                "threads",
             )
         }
+        if self.thread_timings is not None:
+            details["seconds_per_image_by_threads"] = self.thread_timings
         for name, part in (("surgery", self.surgery), ("inference_gap", self.inference_gap)):
             if part is not None:
                 details[name] = part.details()
@@ -324,7 +352,7 @@ class EvaluationResult:
             ("KL per dimension", kl),
             ("k, test images, seed", f"{self.n_importance_samples}, {self.n_images}, {self.seed}"),
             ("batch x chunk", f"{self.images_per_batch} images x {self.samples_per_chunk} samples"),
-            ("time", f"{self.seconds:.1f} s"),
+            ("time", f"{self.seconds:.1f} s on {self.threads} thread{'s' if self.threads > 1 else ''}"),
             *(self.surgery.rows() if self.surgery is not None else []),
             *(self.inference_gap.rows() if self.inference_gap is not None else []),
             *(("note", note) for note in self.notes),
@@ -339,10 +367,33 @@ def evaluate(
     images: torch.Tensor,
     settings: EvaluationSettings,
     progress: Callable[[int, int], None] | None = None,
+    threads: Sequence[int] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``images`` [N, C, H, W] (test images in the form the data module
-    serves): batches of B images, chunks of S samples, all under ``torch.inference_mode``."""
+    serves): batches of B images, chunks of S samples, all under ``torch.inference_mode``.
+
+    ``threads``: the torch thread counts to choose from, by timing the first batches (see
+    vae_lab.evaluation.thread_choice; None keeps the current count); the chunks are planned for the
+    largest, and the thread count in force before is restored at the end."""
     started = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    choice = ThreadChoice(threads or [threads_before])
+    try:
+        choice.set(choice.candidates[-1])  # the plan's automatic budget grows with the threads
+        return run_evaluation(model, images, settings, progress, choice, started)
+    finally:
+        choice.set(threads_before)
+
+
+def run_evaluation(
+    model: VAE,
+    images: torch.Tensor,
+    settings: EvaluationSettings,
+    progress: Callable[[int, int], None] | None,
+    choice: ThreadChoice,
+    started: float,
+) -> EvaluationResult:
+    """The body of :func:`evaluate`, on the threads ``choice`` sets batch by batch."""
     if settings.n_test_images is not None:
         if settings.n_test_images > images.shape[0]:
             raise ConfigError(
@@ -353,7 +404,6 @@ def evaluate(
     n_images, k = images.shape[0], settings.n_importance_samples
     plan = plan_chunks(model, n_images, settings)
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
     totals = {"log_likelihood": 0.0, "elbo": 0.0, "kl": 0.0}
     kl_per_dim_total: torch.Tensor | None = None
     posterior_means = []
@@ -365,10 +415,12 @@ def evaluate(
         with torch.inference_mode():
             for start in range(0, n_images, plan.images_per_batch):
                 x = images[start : start + plan.images_per_batch].to(device)
-                terms, means = importance_sampled_terms(model, x, k, plan.samples_per_chunk, generator)
-                totals["log_likelihood"] += float(terms.importance_weighted_bound().double().sum())
-                totals["elbo"] += float(terms.elbo.double().sum())
-                totals["kl"] += float(terms.kl.double().sum())
+                noise = ImageNoise(settings.seed, range(start, start + x.shape[0]), "importance")
+                with choice.timed(x.shape[0]):
+                    terms, means = importance_sampled_terms(model, x, k, plan.samples_per_chunk, noise)
+                    totals["log_likelihood"] += float(terms.importance_weighted_bound().double().sum())
+                    totals["elbo"] += float(terms.elbo.double().sum())
+                    totals["kl"] += float(terms.kl.double().sum())
                 posterior_means.append(means.cpu())
                 if posteriors is not None:
                     posteriors = collect_posterior(model, x, posteriors, notes)
@@ -377,6 +429,7 @@ def evaluate(
                     kl_per_dim_total = batch_sum if kl_per_dim_total is None else kl_per_dim_total + batch_sum
                 if progress is not None:
                     progress(min(n_images, start + plan.images_per_batch), n_images)
+            choice.settle()  # the chosen count, for what follows
             surgery = (
                 None
                 if not posteriors
@@ -385,12 +438,12 @@ def evaluate(
                     model.prior.log_prob,
                     totals["kl"] / n_images,
                     settings.surgery.n_samples,
-                    generator,
+                    stream_generator(settings.seed, "surgery", device),
                 )
             )
         gaps = None
         if settings.inference_gap.n_images:
-            gaps = inference_gaps(model, images, settings.inference_gap, k, plan.samples_per_chunk, generator)
+            gaps = inference_gaps(model, images, settings.inference_gap, k, plan.samples_per_chunk, settings.seed)
     finally:
         model.train(was_training)
     log_likelihood = totals["log_likelihood"] / n_images
@@ -417,6 +470,8 @@ def evaluate(
         inference_gap=gaps,
         notes=notes,
         posterior_mean_samples=0 if model.posterior_family.is_gaussian else max(k, MOMENT_SAMPLES),
+        threads=choice.chosen,
+        thread_timings=choice.details(),
     )
 
 
@@ -449,12 +504,14 @@ def evaluate_at_end_of_training(
     loggers: Sequence[Any] = (),
     step: int = 0,
     safe_point: Callable[[int, int], None] | None = None,
+    threads: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The evaluation train.py runs on the best checkpoint after ``trainer.test`` (rank 0 only):
     settings from the config's ``eval`` block, ``eval.n_importance_samples=0`` skips it. Returns the
     metrics for summary.json and logs them, at ``step``, to every Lightning logger of the run
     (metrics.csv, wandb). ``safe_point(done, total)`` runs after every batch of images: where a
-    signal may stop the evaluation (vae_lab.run.interrupts)."""
+    signal may stop the evaluation (vae_lab.run.interrupts). ``threads``: the thread counts it may
+    choose from (vae_lab.run.threads.evaluation_threads); training's count is restored after it."""
     config = dict(cfg.get("eval") or {})
     if not config.get("n_importance_samples", EvaluationSettings.n_importance_samples):
         return {}
@@ -468,7 +525,7 @@ def evaluate_at_end_of_training(
         if safe_point is not None:
             safe_point(done, total)
 
-    result = evaluate(model, datamodule.splits["test"], settings, progress=progress)
+    result = evaluate(model, datamodule.splits["test"], settings, progress=progress, threads=threads)
     log.info(result.table())
     metrics = result.metrics()
     for logger in loggers:

@@ -14,6 +14,15 @@ from vae_lab.run.devices import available_cores
 MANY_THREADS_FROM_GFLOP = 5.0
 
 
+def threads_number(setting: int | str) -> int:
+    """A ``threads`` setting that is not ``auto``: the number, checked."""
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        if setting < 1:
+            raise ConfigError(f"threads={setting} must be at least 1 (or auto).")
+        return setting
+    raise ConfigError(f"threads={setting!r} is not a number of threads; use threads=auto or threads=<N>.")
+
+
 def training_flops(model: torch.nn.Module, image_shape: tuple[int, ...], batch_size: int) -> int:
     """Floating-point operations of one forward pass of the ELBO on a batch (counted by
     ``torch.utils.flop_counter``: matrix products and convolutions, which scale with the batch),
@@ -57,12 +66,8 @@ def choose_threads(
     cores = max(1, available_cores() // max(1, processes))
     if setting is None:
         return torch.get_num_threads()
-    if isinstance(setting, int) and not isinstance(setting, bool):
-        if setting < 1:
-            raise ConfigError(f"threads={setting} must be at least 1 (or auto).")
-        return setting
     if setting != "auto":
-        raise ConfigError(f"threads={setting!r} is not a number of threads; use threads=auto or threads=<N>.")
+        return threads_number(setting)
     if device_type != "cpu":  # the model runs on an accelerator: the CPU threads only feed it
         return torch.get_num_threads()
     gflop = training_flops(model, image_shape, batch_size) / 1e9
@@ -85,3 +90,28 @@ def set_run_threads(
     threads = min(threads, at_most) if at_most is not None else threads
     torch.set_num_threads(threads)
     return threads
+
+
+def evaluation_threads(
+    setting: int | str | None,
+    processes: int = 1,
+    device_type: str = "cpu",
+    launcher_share: int | None = None,
+) -> tuple[int, ...]:
+    """The torch thread counts the test-set evaluation chooses from, by timing its first batches
+    (vae_lab.evaluation.thread_choice): for ``auto``, 1 and this process's share of the cores
+    (``processes``: DDP ranks on this machine; ``launcher_share``: the threads a parallel launcher gave
+    this worker, never exceeded); a number: that number; ``None``: torch's current count; on an
+    accelerator the current count (the CPU threads only feed it).
+
+    Training keeps choose_threads' count: the evaluation's chunks are thousands of z decoded at once,
+    a workload that a second idle core speeds up (benchmarks/evaluation.py measures it) while the
+    training steps of small models are fastest on one thread."""
+    if setting is None or device_type != "cpu":
+        return (torch.get_num_threads(),)
+    if setting != "auto":
+        return (threads_number(setting),)
+    share = max(1, available_cores() // max(1, processes))
+    if launcher_share is not None:
+        share = min(share, launcher_share)
+    return tuple(sorted({1, share}))
