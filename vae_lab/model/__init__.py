@@ -5,6 +5,6 @@
 - ``build.py`` turns a composed config into a data module and a VAE; ``initialization.py``,
   ``lr_schedules.py``, ``compilation.py``, ``precision.py``, ``seeds.py``, ``epoch_means.py`` serve it.
 
-May use: torch, lightning, pyro, ``vae_lab.data``, ``vae_lab.errors``. Never the run machinery,
+May use: torch, lightning, pyro, ``vae_lab.data``, ``vae_lab.errors``, ``vae_lab.ranges``. Never the run machinery,
 the evaluation or the trackers.
 """

@@ -29,8 +29,9 @@ Where each rule lives (one place each):
 What depends on the machine (its devices, its memory) is checked next by :mod:`vae_lab.run.machine_checks`.
 
 To extend it: declare a new parameter's range in its class's signature; add a field to a dataclass
-below for a new plain key (for example a new top-level setting), a field to ``EvaluationSettings`` for a
-new evaluation setting, or an entry to :data:`SUPPLIED_BY_CODE` for a new argument that
+below for a new plain key (for example a new top-level setting), a field to ``EvaluationSettings`` and its line
+to conf/eval/default.yaml for a new evaluation setting (of a run's ``eval`` block and of
+``python -m vae_lab.evaluate`` both), or an entry to :data:`SUPPLIED_BY_CODE` for a new argument that
 ``vae_lab.model.build`` passes to a class.
 """
 
