@@ -31,10 +31,10 @@ import torch
 from hydra import compose, initialize_config_module
 
 from tests.conftest import REPO, TINY, compose_config, run_cli
-from vae_lab.errors import ConfigError, NumericalError
-from vae_lab.run.machine_checks import ModelSizes, check_training_machine, model_sizes, training_step_bytes
 from tests.test_config_validation import every_shipped_choice
+from vae_lab.errors import ConfigError, NumericalError
 from vae_lab.ranges import Rule
+from vae_lab.run.machine_checks import ModelSizes, check_training_machine, model_sizes, training_step_bytes
 from vae_lab.run.settings import RULES, EvaluateSettings, declared_rules_of, find_problems, validate_config
 
 QUIET = ["+trainer.enable_progress_bar=false"]
