@@ -300,14 +300,14 @@ def test_evaluation_settings_from_a_config() -> None:
         (
             {"n_importance_samples": 0},
             (
-                "n_importance_samples=0 must be at least 1 (k, the samples of z per test image; "
+                "n_importance_samples=0 must be a whole number >= 1 (k, the samples of z per test image; "
                 "5000 is the standard of Burda et al. 2016)."
             ),
         ),
         ({"memory_budget_mb": 0}, "memory_budget_mb=0 must be > 0 (megabytes per chunk)."),
-        ({"n_test_images": 0}, "n_test_images=0 must be at least 1, or null."),
-        ({"images_per_batch": 0}, "images_per_batch=0 must be at least 1, or null."),
-        ({"samples_per_chunk": -1}, "samples_per_chunk=-1 must be at least 1, or null."),
+        ({"n_test_images": 0}, "n_test_images=0 must be a whole number >= 1 (or null)."),
+        ({"images_per_batch": 0}, "images_per_batch=0 must be a whole number >= 1 (or null)."),
+        ({"samples_per_chunk": -1}, "samples_per_chunk=-1 must be a whole number >= 1 (or null)."),
     ],
 )
 def test_evaluation_settings_refuse_bad_values_naming_them(settings: dict, message: str) -> None:
@@ -441,7 +441,7 @@ def test_mixture_of_gaussians_defaults_are_the_documented_ones() -> None:
     torch.testing.assert_close(fixed.logits, torch.zeros(1))
     with pytest.raises(ConfigError) as error:
         MixtureOfGaussiansPrior(latent_dim=2, n_components=0)
-    assert str(error.value) == "prior.n_components=0 must be at least 1 (mixture components)."
+    assert str(error.value) == "prior.n_components=0 must be a whole number >= 1 (mixture components)."
 
 
 def test_mixture_of_gaussians_samples_pick_a_component_then_its_gaussian() -> None:
@@ -512,7 +512,7 @@ def test_vamp_prior_data_init_takes_training_images_drawn_with_the_data_seed() -
                 "images to initialise them from; use prior.n_pseudo_inputs<=30 or prior.init=random."
             ),
         ),
-        ({"image_shape": (1, 2, 3), "n_pseudo_inputs": 0}, "prior.n_pseudo_inputs=0 must be at least 1."),
+        ({"image_shape": (1, 2, 3), "n_pseudo_inputs": 0}, "prior.n_pseudo_inputs=0 must be a whole number >= 1."),
         ({"image_shape": (1, 2, 3), "init": "zeros"}, "prior.init='zeros' is unknown; use one of data, random."),
         ({}, "VampPrior needs the data module (or image_shape) to shape its pseudo-inputs."),
         ({"image_shape": (1, 2, 3)}, "prior.init=data needs the data module; use prior.init=random without one."),
@@ -581,7 +581,7 @@ def test_discretized_logistic_settings() -> None:
     assert likelihood.channels == 3 and likelihood.parameters_per_channel == 6
     with pytest.raises(ConfigError) as error:
         DiscretizedLogisticLikelihood(channels=1, n_components=0)
-    assert str(error.value) == "likelihood.n_components=0 must be at least 1."
+    assert str(error.value) == "likelihood.n_components=0 must be a whole number >= 1 (logistics in the mixture)."
 
 
 def test_linear_ramp_over_any_positive_duration() -> None:
@@ -844,10 +844,10 @@ def test_capacity_settings_are_checked_with_clear_messages() -> None:
             lambda: KLWarmup(steps=3, epochs=2),
             ("objective.warmup.steps and objective.warmup.epochs are both set; set one (the other null)."),
         ),
-        (lambda: CapacitySchedule(max=-1.0, steps=3), "objective.capacity.max=-1.0 must be >= 0 nats."),
+        (lambda: CapacitySchedule(max=-1.0, steps=3), "objective.capacity.max=-1.0 must be >= 0 (nats; null: off)."),
         (
             lambda: CapacitySchedule(max=1.0, steps=-2),
-            ("objective.capacity.steps=-2 must be a whole number >= 0 (or null for none)."),
+            ("objective.capacity.steps=-2 must be a whole number >= 0 (steps of the rise of C; 0: at once)."),
         ),
     ],
 )
@@ -899,7 +899,10 @@ def test_location_scale_settings_defaults_and_start() -> None:
     )
     with pytest.raises(ConfigError) as error:
         GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0)
-    assert str(error.value) == "likelihood.fixed_sigma=0 and likelihood.min_sigma=0.001 must both be > 0."
+    assert str(error.value) == "likelihood.fixed_sigma=0 must be > 0."
+    with pytest.raises(ConfigError) as error:
+        GaussianLikelihood(channels=1, variance="fixed", min_sigma=-1e-3)
+    assert str(error.value) == "likelihood.min_sigma=-0.001 must be > 0."
 
 
 # ---------------------------------------------------------------- the flow prior
@@ -919,7 +922,7 @@ def test_flow_prior_defaults_and_alternating_masks() -> None:
     assert len(one.couplings) == 1 and one.couplings[0].conditioner[-1].in_features == 8
     with pytest.raises(ConfigError) as error:
         FlowPrior(latent_dim=2, n_layers=0)
-    assert str(error.value) == "prior.n_layers=0 must be at least 1 (coupling layers)."
+    assert str(error.value) == "prior.n_layers=0 must be a whole number >= 1 (coupling layers)."
 
 
 # ---------------------------------------------------------------- second round: what the first round left

@@ -243,7 +243,7 @@ def test_objective_settings_compose_under_their_public_names() -> None:
             "objective.capacity.max=25", "objective.capacity.steps=1000", "objective.capacity.gamma=30"
         ).objective
     )
-    assert capped.capacity == CapacitySchedule(max=25, steps=1000) and capped.capacity_gamma == 30.0
+    assert capped.capacity == CapacitySchedule(max=25, steps=1000, gamma=30.0) and capped.capacity_gamma == 30.0
     default = instantiate(compose_objective().objective)
     assert (default.n_samples, default.kl_weight, default.free_bits, default.capacity) == (1, 1.0, None, None)
     assert not default.warmup.enabled

@@ -1,7 +1,8 @@
 """Issue 12 (settings checks and divergence) and issue 14's dead rules.
 
-- Every rule of vae_lab.run.settings matches a real field and refuses a bad value there; no range
-  lets NaN or an infinity through.
+- Every declared rule (vae_lab.run.settings.RULES, and each range or choice that a class of the shipped
+  configs or a settings dataclass declares in its signature, vae_lab.ranges) matches a real field and
+  refuses a bad value there; no range lets NaN or an infinity through.
 - The settings named in the issue are refused with the key, before any data is read: in-process
   through the two calls train() makes first (validate_config, check_training_machine), and through
   the CLI: exit 2, no summary.json, and the retry with a good setting in the same directory runs.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -29,9 +31,11 @@ import torch
 from hydra import compose, initialize_config_module
 
 from tests.conftest import REPO, TINY, compose_config, run_cli
+from tests.test_config_validation import every_shipped_choice
 from vae_lab.errors import ConfigError, NumericalError
+from vae_lab.ranges import Rule
 from vae_lab.run.machine_checks import ModelSizes, check_training_machine, model_sizes, training_step_bytes
-from vae_lab.run.settings import EVALUATE_RULES, RULES, find_problems, validate_config
+from vae_lab.run.settings import RULES, EvaluateSettings, declared_rules_of, find_problems, validate_config
 
 QUIET = ["+trainer.enable_progress_bar=false"]
 HAS_CUDA = torch.cuda.is_available()
@@ -47,7 +51,8 @@ def refusal(*overrides: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- every rule fires
-#: For each pattern of RULES: (the overrides that make its field exist, a concrete field it matches, a bad value).
+#: For each pattern of RULES and each field with declared rules: (the overrides that make its field exist, a
+#: concrete field it matches, a bad value).
 BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "seed": ([], "seed", "-1"),
     "threads": ([], "threads", "0"),
@@ -81,7 +86,8 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "gradient_snr.n_estimates": ([], "gradient_snr.n_estimates", "1"),
     "likelihood.variance": (["likelihood=gaussian"], "likelihood.variance", "learned"),
     "likelihood.scale": (["likelihood=laplace"], "likelihood.scale", "learned"),
-    "likelihood.*_sigma": (["likelihood=gaussian"], "likelihood.min_sigma", "0"),
+    "likelihood.min_sigma": (["likelihood=gaussian"], "likelihood.min_sigma", "0"),
+    "likelihood.fixed_sigma": (["likelihood=gaussian"], "likelihood.fixed_sigma", "-0.5"),
     "likelihood.fixed_scale": (["likelihood=laplace"], "likelihood.fixed_scale", "0"),
     "likelihood.min_scale": (["likelihood=laplace"], "likelihood.min_scale", "-1"),
     "likelihood.n_components": (["likelihood=discretized_logistic"], "likelihood.n_components", "0"),
@@ -89,17 +95,24 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
     "prior.n_pseudo_inputs": (["prior=vamp"], "prior.n_pseudo_inputs", "0"),
     "prior.n_layers": (["prior=flow"], "prior.n_layers", "0"),
     "prior.hidden_size": (["prior=flow"], "prior.hidden_size", "0"),
+    "prior.activation": (["prior=flow"], "prior.activation", "swish"),
+    "prior.init": (["prior=vamp"], "prior.init", "zeros"),
     "model.latent_dim": ([], "model.latent_dim", "0"),
-    "model.*.hidden_sizes": ([], "model.decoder.hidden_sizes", "[0]"),
-    "model.*.channels": (["model=conv"], "model.decoder.channels", "[]"),
-    "model.*.hidden_size": (["model=conv"], "model.decoder.hidden_size", "0"),
-    "model.*.activation": ([], "model.decoder.activation", "swish"),
+    "model.decoder.hidden_sizes": ([], "model.decoder.hidden_sizes", "[0]"),
+    "model.encoder.hidden_sizes": ([], "model.encoder.hidden_sizes", "[200,-1]"),
+    "model.decoder.channels": (["model=conv"], "model.decoder.channels", "[]"),
+    "model.encoder.channels": (["model=conv"], "model.encoder.channels", "[32,0]"),
+    "model.decoder.hidden_size": (["model=conv"], "model.decoder.hidden_size", "0"),
+    "model.encoder.hidden_size": (["model=conv"], "model.encoder.hidden_size", "0"),
+    "model.decoder.activation": (["model.decoder.activation=tanh"], "model.decoder.activation", "swish"),
+    "model.encoder.activation": (["model.decoder.activation=tanh"], "model.encoder.activation", "swish"),
     "objective.n_samples": ([], "objective.n_samples", "0"),
     "objective.k": (["objective=iwae"], "objective.k", "0"),
     "objective.kl_weight": ([], "objective.kl_weight", "inf"),
     "objective.kl": ([], "objective.kl", "exact"),
     "objective.free_bits": ([], "objective.free_bits", "-1"),
-    "objective.warmup.*": ([], "objective.warmup.steps", "-3"),
+    "objective.warmup.steps": ([], "objective.warmup.steps", "-3"),
+    "objective.warmup.epochs": ([], "objective.warmup.epochs", "1.5"),
     "objective.capacity.max": ([], "objective.capacity.max", "-5"),
     "objective.capacity.steps": ([], "objective.capacity.steps", "2.5"),
     "objective.capacity.gamma": ([], "objective.capacity.gamma", "-1"),
@@ -136,8 +149,19 @@ BAD_VALUE_OF_EACH_RULE: dict[str, tuple[list[str], str, str]] = {
 }
 
 
+@functools.cache
+def declared_rules() -> dict[str, list[Rule]]:
+    """The rules of RULES and those declared by the classes and dataclasses of every shipped config (each
+    yaml of each group, each experiment and schedule), by pattern or dotted path."""
+    declared = {pattern: [rule] for pattern, rule in RULES.items()}
+    for choices in every_shipped_choice():
+        declared.update(declared_rules_of(compose_config(*choices)))
+    return declared
+
+
 def test_the_table_has_one_bad_value_for_every_declared_rule() -> None:
-    assert set(BAD_VALUE_OF_EACH_RULE) == set(RULES)
+    """A class that declares a new range (or a new class in conf/) needs a bad value here."""
+    assert set(BAD_VALUE_OF_EACH_RULE) == set(declared_rules())
 
 
 @pytest.mark.parametrize("pattern", sorted(BAD_VALUE_OF_EACH_RULE))
@@ -156,9 +180,35 @@ def test_every_declared_rule_matches_a_real_field_and_refuses_a_bad_value(patter
     assert mine[0].message.startswith("not allowed; must be"), mine[0].message
 
 
+#: A bad value for each field of ``python -m vae_lab.evaluate`` whose rules are not those of the same field of a
+#: run's ``eval`` block (tested above): k >= 1 (a run's may be 0), and its own seed and threads.
+BAD_EVALUATE_VALUES = {"n_importance_samples": "0", "seed": "-1", "threads": "0"}
+
+
+def evaluate_rules() -> dict[str, list[Rule]]:
+    return declared_rules_of(evaluate_settings(), EvaluateSettings, {})
+
+
+def test_every_rule_of_the_evaluate_command_is_tested() -> None:
+    assert set(BAD_EVALUATE_VALUES) <= set(evaluate_rules())
+    untested = {path for path in evaluate_rules() if f"eval.{path}" not in BAD_VALUE_OF_EACH_RULE}
+    assert untested <= set(BAD_EVALUATE_VALUES)
+
+
+@pytest.mark.parametrize("field", sorted(BAD_EVALUATE_VALUES))
+def test_every_rule_of_the_evaluate_command_refuses_a_bad_value(field: str) -> None:
+    assert find_problems(evaluate_settings(), EvaluateSettings, {}, cross_checks=()) == []
+    problems = find_problems(
+        evaluate_settings(f"{field}={BAD_EVALUATE_VALUES[field]}"), EvaluateSettings, {}, cross_checks=()
+    )
+    assert [problem.path for problem in problems] == [field]
+    assert problems[0].message.startswith("not allowed; must be"), problems[0].message
+
+
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
 def test_no_range_lets_a_non_finite_number_through(value: float) -> None:
-    held = [pattern for pattern, rule in {**RULES, **EVALUATE_RULES}.items() if rule.holds(value)]
+    every = {**declared_rules(), **{f"evaluate:{path}": rules for path, rules in evaluate_rules().items()}}
+    held = [pattern for pattern, rules in every.items() if any(rule.holds(value) for rule in rules)]
     assert held == []
 
 

@@ -8,6 +8,8 @@ into the run's ``summary.json`` (atomically, keeping its other fields). Settings
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 from typing import Any
@@ -58,15 +60,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         seed = OmegaConf.select(run_cfg, "eval.seed", default=None)
     if seed is None:
         seed = run_cfg.get("seed", 0)
-    settings = EvaluationSettings(
-        n_importance_samples=cfg.n_importance_samples,
-        seed=int(seed),
-        memory_budget_mb=cfg.memory_budget_mb,
-        n_test_images=cfg.n_test_images,
-        active_unit_threshold=cfg.active_unit_threshold,
-        surgery=OmegaConf.to_container(cfg.surgery) if cfg.get("surgery") is not None else None,
-        inference_gap=OmegaConf.to_container(cfg.inference_gap) if cfg.get("inference_gap") is not None else None,
-    )
+    # The evaluation's own settings are the fields of EvaluationSettings that conf/evaluate.yaml sets.
+    names = {field.name for field in dataclasses.fields(EvaluationSettings)}
+    given = {name: value for name, value in OmegaConf.to_container(cfg, resolve=True).items() if name in names}
+    settings = EvaluationSettings.from_config(given, seed=int(seed))
 
     datamodule = build_datamodule(run_cfg)
     model = build_model(run_cfg, datamodule)

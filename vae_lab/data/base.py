@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import lightning as L
 import torch
@@ -14,9 +15,19 @@ from vae_lab.data.batches import InMemoryBatches
 from vae_lab.data.dataloader import DataLoaderBatches, UInt8Images
 from vae_lab.data.forms import DataForm
 from vae_lab.errors import ConfigError, DataFileError, DataNotFoundError
+from vae_lab.ranges import Rule, at_least, checked, one_of
 
 BINARIZATIONS = ("dynamic", "static", "none")
 LOADERS = ("memory", "torchvision")
+
+#: How many images, at least one.
+Count = Annotated[int, at_least(1)]
+#: A seed of the data's draws.
+DataSeed = Annotated[int, at_least(0)]
+#: A base URL of the data set's files.
+Mirror = Annotated[
+    str | None, Rule("a base URL, http://... or https://...", lambda url: str(url).startswith(("http://", "https://")))
+]
 
 #: Seeds of the fixed draws every evaluation sees (binarized or dequantized once, for every run).
 EVALUATION_SEED = 1234
@@ -77,21 +88,22 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     #: refuse a batch larger than the data before anything is loaded); None when unknown.
     n_train_and_val: int | None = None
 
+    @checked("data")
     def __init__(
         self,
         root: str,
         data_form: DataForm | str,
-        batch_size: int = 100,
-        eval_batch_size: int = 1000,
-        val_size: int = 10_000,
-        binarization: str | None = None,
-        seed: int = 0,
-        split_seed: int = 0,
+        batch_size: Count = 100,
+        eval_batch_size: Count = 1000,
+        val_size: Count = 10_000,
+        binarization: Annotated[str | None, one_of(BINARIZATIONS)] = None,
+        seed: DataSeed = 0,
+        split_seed: DataSeed = 0,
         download: bool = False,
-        train_subset: int | None = None,
+        train_subset: Count | None = None,
         loader: str = "memory",
         num_workers: int = 0,
-        mirror: str | None = None,
+        mirror: Mirror = None,
         verify: bool = True,
     ) -> None:
         super().__init__()
@@ -130,8 +142,6 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
 
     # ------------------------------------------------------------------ configuration checks
     def _check_binarization(self, binarization: str | None) -> str:
-        if binarization is not None and binarization not in BINARIZATIONS:
-            raise ConfigError(f"data.binarization={binarization!r} is unknown; use one of {', '.join(BINARIZATIONS)}.")
         if self.data_form is DataForm.BINARY and not self.binarizable:
             raise ConfigError(
                 f"This likelihood is a distribution over binary pixels, but {self.name} is colour data that "

@@ -8,6 +8,6 @@
   dimension over training; ``gradient_snr.py``: the gradient signal-to-noise diagnostic.
 - ``images.py``, ``latent_pictures.py``: reconstructions, samples, traversals and interpolations.
 
-May use: ``vae_lab.model``, ``vae_lab.data``, ``vae_lab.files``, ``vae_lab.errors``. Never the run
+May use: ``vae_lab.model``, ``vae_lab.data``, ``vae_lab.files``, ``vae_lab.errors``, ``vae_lab.ranges``. Never the run
 machinery or the trackers.
 """

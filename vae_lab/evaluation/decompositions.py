@@ -40,13 +40,14 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
 from vae_lab.errors import ConfigError
 from vae_lab.evaluation.noise import ImageNoise, standard_normal
+from vae_lab.ranges import at_least, check_fields, greater_than
 
 #: Every metric this module reports: a re-evaluation that does not compute one removes its old value.
 METRIC_NAMES = tuple(
@@ -63,13 +64,10 @@ LOG_2PI = math.log(2 * math.pi)
 class SurgerySettings:
     """``eval.surgery``: z drawn per image for each of the two estimators (0 skips ELBO surgery)."""
 
-    n_samples: int = 1
+    n_samples: Annotated[int, at_least(0, "0 skips ELBO surgery")] = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_samples, int) or self.n_samples < 0:
-            raise ConfigError(
-                f"eval.surgery.n_samples={self.n_samples} must be an integer >= 0 (0 skips ELBO surgery)."
-            )
+        check_fields(self, "eval.surgery")
 
 
 @dataclass(frozen=True)
@@ -78,21 +76,14 @@ class InferenceGapSettings:
     Adam steps from learning rate ``lr`` (cosine-annealed to 0), each on the ELBO with ``n_samples``
     samples per image, ``images_per_batch`` images optimised together."""
 
-    n_images: int = 0
-    steps: int = 500
-    lr: float = 1.0e-2
-    n_samples: int = 8
-    images_per_batch: int = 500
+    n_images: Annotated[int, at_least(0, "0 = off")] = 0
+    steps: Annotated[int, at_least(1)] = 500
+    lr: Annotated[float, greater_than(0, "Adam's learning rate")] = 1.0e-2
+    n_samples: Annotated[int, at_least(1)] = 8
+    images_per_batch: Annotated[int, at_least(1)] = 500
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_images, int) or self.n_images < 0:
-            raise ConfigError(f"eval.inference_gap.n_images={self.n_images} must be an integer >= 0 (0 = off).")
-        for name in ("steps", "n_samples", "images_per_batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"eval.inference_gap.{name}={value} must be an integer >= 1.")
-        if not self.lr > 0:
-            raise ConfigError(f"eval.inference_gap.lr={self.lr} must be > 0 (Adam's learning rate).")
+        check_fields(self, "eval.inference_gap")
 
 
 def settings_from(cls: type, value: Any, name: str) -> Any:

@@ -20,17 +20,19 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from vae_lab.errors import ConfigError
 from vae_lab.files import write_json_atomically
+from vae_lab.ranges import at_least, checked, each
 
 FILE_NAME = "gradient_snr.json"
+#: Gradient estimates per measurement: a standard deviation needs two.
+Estimates = Annotated[int, at_least(2, "a spread")]
 
 
 @dataclass
@@ -38,9 +40,9 @@ class GradientSNRSettings:
     """``gradient_snr`` in conf/config.yaml."""
 
     #: Numbers of completed training epochs after which to measure (0: at initialization); empty: off.
-    epochs: list[int] = field(default_factory=list)
+    epochs: Annotated[list[int], each(at_least(0), non_empty=False)] = field(default_factory=list)
     #: Gradient estimates per measurement.
-    n_estimates: int = 100
+    n_estimates: Estimates = 100
 
 
 def snr_summary(total: torch.Tensor, squares: torch.Tensor, n: int) -> dict[str, float]:
@@ -98,9 +100,8 @@ class GradientSNR(Callback):
     initialization, before the first step; the last epoch's number: at the end of training) on one fixed
     batch, the first training batch served when the first measurement is made."""
 
-    def __init__(self, epochs: list[int], n_estimates: int, run_dir: str | Path, seed: int = 0) -> None:
-        if isinstance(n_estimates, bool) or not isinstance(n_estimates, int) or n_estimates < 2:
-            raise ConfigError(f"gradient_snr.n_estimates={n_estimates!r} must be a whole number >= 2 (a spread).")
+    @checked("gradient_snr")
+    def __init__(self, epochs: list[int], n_estimates: Estimates, run_dir: str | Path, seed: int = 0) -> None:
         self.epochs = sorted(set(int(epoch) for epoch in epochs))
         self.n_estimates = n_estimates
         self.path = Path(run_dir) / FILE_NAME

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, TransformedDistribution
@@ -47,6 +47,7 @@ from vae_lab.model.objectives import ELBOTerms
 from vae_lab.model.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 from vae_lab.model.vae import VAE, kl_per_dim_names
 from vae_lab.evaluation.progress import CountProgress
+from vae_lab.ranges import SEED, at_least, check_fields, greater_than
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,15 @@ class EvaluationSettings:
     ``memory_budget_mb=None`` picks cache-sized chunks on the CPU and large ones on a GPU.
     """
 
-    n_importance_samples: int = 5000
-    seed: int = 0
-    memory_budget_mb: float | None = None
-    n_test_images: int | None = None
-    active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD
-    images_per_batch: int | None = None
-    samples_per_chunk: int | None = None
+    n_importance_samples: Annotated[
+        int, at_least(1, "k, the samples of z per test image; 5000 is the standard of Burda et al. 2016")
+    ] = 5000
+    seed: Annotated[int, SEED] = 0
+    memory_budget_mb: Annotated[float | None, greater_than(0, "megabytes per chunk")] = None
+    n_test_images: Annotated[int | None, at_least(1, "or null")] = None
+    active_unit_threshold: Annotated[float, at_least(0)] = ACTIVE_UNIT_THRESHOLD
+    images_per_batch: Annotated[int | None, at_least(1, "or null")] = None
+    samples_per_chunk: Annotated[int | None, at_least(1, "or null")] = None
     #: ELBO surgery (vae_lab.evaluation.decompositions): z per image for each estimator; 0 skips it.
     surgery: SurgerySettings = field(default_factory=SurgerySettings)
     #: The inference gaps (vae_lab.evaluation.decompositions): n_images=0 skips them.
@@ -93,17 +96,7 @@ class EvaluationSettings:
         object.__setattr__(
             self, "inference_gap", settings_from(InferenceGapSettings, self.inference_gap, "inference_gap")
         )
-        if self.n_importance_samples < 1:
-            raise ConfigError(
-                f"n_importance_samples={self.n_importance_samples} must be at least 1 (k, the samples of z "
-                "per test image; 5000 is the standard of Burda et al. 2016)."
-            )
-        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
-            raise ConfigError(f"memory_budget_mb={self.memory_budget_mb} must be > 0 (megabytes per chunk).")
-        for name in ("n_test_images", "images_per_batch", "samples_per_chunk"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}={value} must be at least 1, or null.")
+        check_fields(self)
         if self.n_test_images is not None and self.inference_gap.n_images > self.n_test_images:
             raise ConfigError(
                 f"inference_gap.n_images={self.inference_gap.n_images} is more than the n_test_images={self.n_test_images} "

@@ -4,33 +4,38 @@ A run that dies at 3 a.m. on ``objective.n_samples=0`` has wasted the evening; t
 such a config at start-up, before the data are loaded, with one message that lists every problem
 as ``field=value: what is allowed``.
 
-How a section is checked:
+Where each rule lives (one place each):
 
-- A section with a ``_target_`` (``data``, ``likelihood``, ``prior``, ``model.encoder``,
+- A section with a ``_target_`` (``data``, ``likelihood``, ``prior``, ``posterior``, ``model.encoder``,
   ``objective``, ``trainer``, ``optimizer``, ...) is checked against the ``__init__`` signature of
   its class: an unknown key is refused with the valid ones (and the closest match); a value whose
   type does not fit the parameter's annotation is refused; a key the code supplies itself (the
-  image shape, the data form, ...) is refused when set in the config. A new likelihood, prior or
-  objective is therefore checked from its signature with no change here.
-- A section without ``_target_`` (the top level, ``model``, ``logger``, ``logger.wandb``) is
-  checked against a dataclass below, the same way (its fields are its parameters).
+  image shape, the data form, ...) is refused when set in the config. The ranges and choices of
+  vae_lab's own classes are declared in their signatures (``Annotated[int, at_least(1)]``,
+  :mod:`vae_lab.ranges`), where their constructors check them too: a new likelihood, prior or
+  objective is checked from its signature with no change here.
+- A section without ``_target_`` (the top level, ``model``, ``eval``, ``logger``, ...) is checked
+  against a dataclass (its fields are its parameters, their annotations declare the ranges), and so
+  is a mapping that a class types as a dataclass (``objective.warmup``: ``KLWarmup``).
+- :data:`RULES` holds the ranges of the classes vae_lab does not own (``lightning.Trainer``,
+  ``torch.optim``) and of ``logger``, keyed by the field's dotted path (``fnmatch`` patterns); a rule
+  for an exact path replaces the rules its class declares (``eval.n_importance_samples`` may be 0 in a
+  run: no evaluation). No range accepts NaN or an infinity; tests/test_settings_checks.py proves that
+  each declared rule fires.
 - The entries of ``callbacks`` and the other entries of ``logger`` (:data:`ENTRY_SECTIONS`) are Lightning
   callbacks and loggers by name: null, or a ``_target_`` that imports, names a Callback (Logger), and takes
   the entry's other keys.
-- A plain mapping that a class takes as one argument (``objective.warmup``, ``objective.capacity``)
-  has its keys checked against :data:`MAPPING_KEYS` and its values against :data:`RULES`.
-- :data:`RULES` adds the ranges and choices no annotation expresses (``objective.n_samples >= 1``,
-  ``data.binarization`` one of ...), keyed by the field's dotted path (``fnmatch`` patterns). No
-  range accepts NaN or an infinity. tests/test_settings_checks.py proves that each rule fires.
-  A class may also annotate a parameter with ``typing.Literal[...]``: that is a choice, checked.
 - :data:`CROSS_CHECKS` are checks that involve several fields (a batch larger than the data).
-- ``python -m vae_lab.evaluate``'s settings: :class:`EvaluateSettings` and :data:`EVALUATE_RULES`.
+- ``python -m vae_lab.evaluate``'s settings: :class:`EvaluateSettings`, the evaluation's own settings
+  (:class:`~vae_lab.evaluation.importance_sampling.EvaluationSettings`) and where to find the run.
 
 What depends on the machine (its devices, its memory) is checked next by :mod:`vae_lab.run.machine_checks`.
 
-To extend it: add a rule to :data:`RULES` for a new field's range, a field to a dataclass for a new
-plain key (for example a new top-level setting), or an entry to :data:`SUPPLIED_BY_CODE` for a new
-argument that ``vae_lab.model.build`` passes to a class.
+To extend it: declare a new parameter's range in its class's signature; add a field to a dataclass
+below for a new plain key (for example a new top-level setting), a field to ``EvaluationSettings`` and its line
+to conf/eval/default.yaml for a new evaluation setting (of a run's ``eval`` block and of
+``python -m vae_lab.evaluate`` both), or an entry to :data:`SUPPLIED_BY_CODE` for a new argument that
+``vae_lab.model.build`` passes to a class.
 """
 
 from __future__ import annotations
@@ -47,185 +52,33 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
-from vae_lab.evaluation.decompositions import InferenceGapSettings, SurgerySettings
 from vae_lab.evaluation.gradient_snr import GradientSNRSettings
 from vae_lab.evaluation.importance_sampling import EvaluationSettings
+from vae_lab.ranges import (
+    SEED,
+    Rule,
+    annotations_of,
+    at_least,
+    at_least_or,
+    declared_rules,
+    greater_than,
+    in_interval,
+    is_number,
+    one_of,
+)
 
-
-# ---------------------------------------------------------------------------------------- rules
-@dataclass(frozen=True)
-class Rule:
-    """A constraint on one value: ``holds(value)`` and a description of what is ``allowed``."""
-
-    allowed: str
-    holds: Callable[[Any], bool]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: Any) -> bool:
-    """A number that is not NaN or an infinity: every range below asks for one (``optimizer.lr=inf`` is > 0,
-    but no run can use it)."""
-    return _is_number(value) and math.isfinite(value)
-
-
-def at_least(low: float) -> Rule:
-    return Rule(f">= {low}", lambda value: _is_finite_number(value) and value >= low)
-
-
-def greater_than(low: float) -> Rule:
-    return Rule(f"> {low}", lambda value: _is_finite_number(value) and value > low)
-
-
-def whole_number_at_least(low: int) -> Rule:
-    """An int >= ``low`` (a count of steps or epochs: 2.5 is refused even where the annotation says Any)."""
-    return Rule(
-        f"a whole number >= {low}",
-        lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low,
-    )
-
-
-def in_interval(low: float, high: float, *, high_open: bool = False) -> Rule:
-    closing = ")" if high_open else "]"
-    return Rule(
-        f"in [{low}, {high}{closing}",
-        lambda value: _is_finite_number(value) and low <= value and (value < high if high_open else value <= high),
-    )
-
-
-def at_least_or(low: float, special: Any, meaning: str) -> Rule:
-    return Rule(f">= {low}, or {special} ({meaning})", lambda value: value == special or at_least(low).holds(value))
-
-
-def one_of(choices: Iterable[Any]) -> Rule:
-    choices = tuple(choices)
-    return Rule("one of " + ", ".join(map(str, choices)), lambda value: value in choices)
-
-
-def each(rule: Rule, *, non_empty: bool = True) -> Rule:
-    """Every item of a list satisfies ``rule`` (and the list is not empty)."""
-    return Rule(
-        f"{'a non-empty ' if non_empty else 'a '}list, each item {rule.allowed}",
-        lambda value: (
-            isinstance(value, (list, tuple))
-            and (len(value) > 0 or not non_empty)
-            and all(rule.holds(item) for item in value)
-        ),
-    )
-
-
-def _choices(module: str, name: str) -> Rule:
-    """A choice rule from a tuple or dict of names defined in ``module`` (imported when checked)."""
-    import importlib
-
-    return one_of(getattr(importlib.import_module(module), name))
-
-
-class _LazyRule(Rule):
-    """A rule built on first use, so that its choices can live in a module that imports torch."""
-
-    def __init__(self, make: Callable[[], Rule]) -> None:
-        object.__setattr__(self, "_make", make)
-        object.__setattr__(self, "_rule", None)
-
-    def _built(self) -> Rule:
-        if self._rule is None:
-            object.__setattr__(self, "_rule", self._make())
-        return self._rule
-
-    @property
-    def allowed(self) -> str:  # type: ignore[override]
-        return self._built().allowed
-
-    @property
-    def holds(self) -> Callable[[Any], bool]:  # type: ignore[override]
-        return self._built().holds
-
-
-def _lazy(make: Callable[[], Rule]) -> Rule:
-    return _LazyRule(make)
-
-
-#: Ranges and choices, keyed by the dotted path of a field (``fnmatch`` patterns). A rule is not
-#: applied to ``None`` when the field's type allows ``None``. Fields that do not exist are ignored,
-#: so a rule may name a field that only some choices of a group have.
+#: Ranges and choices of the classes vae_lab does not own, keyed by the dotted path of a field
+#: (``fnmatch`` patterns). A rule is not applied to ``None`` when the field's type allows ``None``.
+#: Fields that do not exist are ignored, so a rule may name a field that only some choices have.
 RULES: dict[str, Rule] = {
-    # top level
-    "seed": in_interval(0, 2**32 - 1),
-    "threads": at_least_or(1, "auto", "1 or all cores by model size, vae_lab/run/threads.py"),
-    "check_finite_every_n_steps": at_least(0),
-    "schedule": one_of(("full", "short")),
+    # A run's end-of-training evaluation may be switched off (k = 0); vae_lab.evaluate needs k >= 1.
     "callbacks.early_stopping.patience": at_least(1),
     "eval.n_importance_samples": at_least(0),
-    "eval.memory_budget_mb": greater_than(0),
-    "eval.n_test_images": at_least(1),
-    "eval.active_unit_threshold": at_least(0),
-    "eval.images_per_batch": at_least(1),
-    "eval.samples_per_chunk": at_least(1),
-    "eval.seed": in_interval(0, 2**32 - 1),
-    "eval.surgery.n_samples": at_least(0),
-    "eval.inference_gap.n_images": at_least(0),
-    "eval.inference_gap.steps": at_least(1),
-    "eval.inference_gap.n_samples": at_least(1),
-    "eval.inference_gap.images_per_batch": at_least(1),
-    "eval.inference_gap.lr": greater_than(0),
-    "model.initialize_output_bias": one_of((True, False, "auto")),
-    # data
-    "data.batch_size": at_least(1),
-    "data.eval_batch_size": at_least(1),
-    "data.val_size": at_least(1),
-    "data.train_subset": at_least(1),
-    "data.split_seed": at_least(0),
-    "data.seed": at_least(0),
-    "data.binarization": _lazy(lambda: _choices("vae_lab.data.base", "BINARIZATIONS")),
-    "data.mirror": Rule(
-        "a base URL, http://... or https://...", lambda url: str(url).startswith(("http://", "https://"))
-    ),
-    # likelihood: scales are standard deviations (Gaussian) or scales (Laplace), > 0
-    "likelihood.variance": _lazy(lambda: _choices("vae_lab.model.likelihoods.gaussian", "VARIANCE_MODES")),
-    "likelihood.scale": _lazy(lambda: _choices("vae_lab.model.likelihoods.location_scale", "SCALE_MODES")),
-    "likelihood.*_sigma": greater_than(0),
-    "likelihood.fixed_scale": greater_than(0),
-    "likelihood.min_scale": greater_than(0),
-    "likelihood.n_components": at_least(1),
-    # prior
-    "prior.n_components": at_least(1),
-    "prior.n_pseudo_inputs": at_least(1),
-    "prior.n_layers": at_least(1),
-    "prior.hidden_size": at_least(1),
-    # posterior
-    "posterior.n_flows": at_least(1),
-    "posterior.context_size": at_least(1),
-    "posterior.hidden_size": at_least(1),
-    "posterior.n_hidden_layers": at_least(1),
-    # model
-    "model.latent_dim": at_least(1),
-    "model.*.hidden_sizes": each(at_least(1), non_empty=False),
-    "model.*.channels": each(at_least(1)),
-    "model.*.hidden_size": at_least(1),
-    "model.*.activation": _lazy(lambda: _choices("vae_lab.model.networks.base", "ACTIVATIONS")),
-    # objective
-    "objective.n_samples": at_least(1),
-    "objective.k": at_least(1),
-    "objective.kl_weight": at_least(0),
-    "objective.kl": _lazy(lambda: _choices("vae_lab.model.objectives.base", "KL_MODES")),
-    "objective.free_bits": at_least(0),
-    "objective.warmup.*": whole_number_at_least(0),
-    "objective.capacity.max": at_least(0),
-    "objective.capacity.steps": whole_number_at_least(0),
-    "objective.capacity.gamma": at_least(0),
-    "objective.m": at_least(1),
-    "objective.elbo_fraction": in_interval(0, 1),
-    "objective.gradient": _lazy(lambda: _choices("vae_lab.model.objectives.estimators", "GRADIENTS")),
-    "gradient_snr.epochs": each(at_least(0), non_empty=False),
-    "gradient_snr.n_estimates": at_least(2),
     # optimizer (any torch.optim class)
     "optimizer.lr": greater_than(0),
     "optimizer.eps": greater_than(0),
@@ -266,14 +119,6 @@ RULES: dict[str, Rule] = {
     "logger.wandb.images_every_n_epochs": at_least(0),
 }
 
-#: The keys of a plain mapping that a class takes as one argument (annotated ``Mapping[str, Any]``): an
-#: unknown key is refused as in a section, and each value gets the rules of its dotted path. A mapping
-#: not listed here has its values checked against :data:`RULES` only.
-MAPPING_KEYS: dict[str, tuple[str, ...]] = {
-    "objective.warmup": ("steps", "epochs"),
-    "objective.capacity": ("max", "steps", "gamma"),
-}
-
 #: Arguments that ``vae_lab.model.build`` (or train) passes to a class itself: they must not be in the config.
 SUPPLIED_BY_CODE: dict[str, set[str]] = {
     "data": {"data_form"},
@@ -286,6 +131,9 @@ SUPPLIED_BY_CODE: dict[str, set[str]] = {
     "lr_scheduler": {"optimizer"},
     "trainer": {"logger", "callbacks", "plugins", "default_root_dir"},
 }
+
+#: torch CPU threads (``threads`` of a run and of ``vae_lab.evaluate``).
+Threads = Annotated[int | str | None, at_least_or(1, "auto", "1 or all cores by model size, vae_lab/run/threads.py")]
 
 
 # ---------------------------------------------------------------------------------------- schemas
@@ -330,10 +178,10 @@ ENTRY_SECTIONS: dict[str, str] = {
 
 @dataclass
 class ModelSettings:
-    latent_dim: int
+    latent_dim: Annotated[int, at_least(1)]
     encoder: Target
     decoder: Target
-    initialize_output_bias: bool | str = "auto"
+    initialize_output_bias: Annotated[bool | str, one_of((True, False, "auto"))] = "auto"
 
 
 @dataclass
@@ -350,15 +198,15 @@ class RunSettings:
     optimizer: Target
     #: The family of q(z|x) (vae_lab/posteriors); absent in configs from before the group: diagonal.
     posterior: Target | None = None
-    seed: int = 0
-    threads: int | str | None = "auto"
+    seed: Annotated[int, SEED] = 0
+    threads: Threads = "auto"
     #: torch.compile the encoder and decoder: true (inductor), false, an inductor mode or a backend name.
     compile: bool | str = False
     resume: bool = False
-    check_finite_every_n_steps: int = 1
+    check_finite_every_n_steps: Annotated[int, at_least(0)] = 1
     lr_scheduler: Target | None = None
     #: Which of an experiment's ``schedules`` to run (conf/experiment/*.yaml).
-    schedule: str = "full"
+    schedule: Annotated[str, one_of(("full", "short"))] = "full"
     schedules: dict[str, Any] | None = None
     eval: EvaluationSettings | None = None
     #: Lightning callbacks by name (``callbacks.learning_rate``); null removes one.
@@ -394,6 +242,8 @@ def _type_name(annotation: Any) -> str:
     """A short, readable name for an annotation."""
     origin = typing.get_origin(annotation)
     arguments = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(arguments[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(_type_name(argument) for argument in arguments))
     if origin is typing.Literal:
@@ -439,7 +289,7 @@ def _fits(value: Any, annotation: Any) -> bool:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
-        return _is_number(value)
+        return is_number(value)
     if annotation is str:
         return isinstance(value, str)
     if annotation in (os.PathLike,) or (isinstance(annotation, type) and annotation.__name__ in ("Path", "PurePath")):
@@ -465,7 +315,7 @@ def _fits(value: Any, annotation: Any) -> bool:
 
 def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
     """The named keyword parameters of a class's ``__init__`` (or a dataclass), and their resolved
-    annotations (unresolvable ones are left as strings)."""
+    annotations with the rules they declare (unresolvable ones are left as strings)."""
     signature = inspect.signature(factory)
     parameters = {
         name: parameter
@@ -473,17 +323,9 @@ def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Paramete
         if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         and name != "self"
     }
-    target = factory.__init__ if isinstance(factory, type) and not dataclasses.is_dataclass(factory) else factory
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # a forward reference that cannot be resolved: check types where we can
-        hints = {}
+    hints = annotations_of(factory)
     annotations = {name: hints.get(name, parameter.annotation) for name, parameter in parameters.items()}
     return parameters, annotations
-
-
-def _rules_for(path: str, rules: Mapping[str, Rule]) -> list[Rule]:
-    return [rule for pattern, rule in rules.items() if fnmatch.fnmatchcase(path, pattern)]
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -494,9 +336,30 @@ class _Checker:
     def __init__(self, rules: Mapping[str, Rule]) -> None:
         self.rules = rules
         self.problems: list[Problem] = []
+        #: The rules declared by the classes and dataclasses seen, by the dotted path of their field.
+        self.declared: dict[str, list[Rule]] = {}
 
     def add(self, path: str, value: Any, message: str) -> None:
         self.problems.append(Problem(path, value, message))
+
+    def rules_for(self, path: str, annotation: Any) -> list[Rule]:
+        """The rules of a field: those its annotation declares and the matching :data:`RULES`; a rule of
+        :data:`RULES` for this exact path replaces the declared ones."""
+        if path in self.rules:
+            return [self.rules[path]]
+        return declared_rules(annotation) + [
+            rule for pattern, rule in self.rules.items() if fnmatch.fnmatchcase(path, pattern)
+        ]
+
+    def declare(self, prefix: str, annotations: Mapping[str, Any], values: Any) -> None:
+        """Note the declared rules of a section's fields, and of the dataclasses nested in it (set or not)."""
+        for name, annotation in annotations.items():
+            if declared_rules(annotation):
+                self.declared[f"{prefix}{name}"] = declared_rules(annotation)
+            nested = _dataclass_in(annotation)
+            value = values.get(name) if isinstance(values, dict) else None
+            if nested is not None and not (isinstance(value, dict) and "_target_" in value):
+                self.declare(f"{prefix}{name}.", _parameters(nested)[1], value)
 
     def section(self, path: str, values: Any, schema: Any) -> None:
         """Check ``values`` (a dict) against a class with ``_target_`` or a dataclass schema."""
@@ -515,6 +378,7 @@ class _Checker:
         parameters, annotations = _parameters(factory)
         supplied = SUPPLIED_BY_CODE.get(path, set())
         prefix = f"{path}." if path else ""
+        self.declare(prefix, {name: annotations[name] for name in parameters if name not in supplied}, values)
         for key, value in values.items():
             if key.startswith("_") and key.endswith("_"):
                 continue  # Hydra's own keys (_target_, _partial_, _recursive_, ...)
@@ -545,15 +409,6 @@ class _Checker:
         hint = f" Did you mean {close[0]}?" if close else ""
         listing = f"Valid keys: {', '.join(valid)}." if valid else "It takes no keys."
         self.add(path, value, f"unknown key for {what}.{hint} {listing}")
-
-    def mapping(self, path: str, values: dict) -> None:
-        """A plain mapping (no ``_target_``, no dataclass): its keys (:data:`MAPPING_KEYS`) and values."""
-        known = MAPPING_KEYS.get(path)
-        for key, item in values.items():
-            if known is not None and key not in known:
-                self.unknown(f"{path}.{key}", item, known, path)
-            else:
-                self.value(f"{path}.{key}", item, Any)
 
     def entry(self, path: str, value: Any, base: str) -> None:
         """A named entry of an :data:`ENTRY_SECTIONS` section: null, or a ``base`` subclass with its arguments."""
@@ -587,19 +442,22 @@ class _Checker:
         if value == "???":
             self.add(path, value, "is a mandatory value; set it on the command line.")
             return
-        if not _fits(value, annotation):
+        rules = self.rules_for(path, annotation)
+        # A rule that checks the type itself (a whole number) is the check of an out-of-range 2.5.
+        if not any(rule.checks_type for rule in rules) and not _fits(value, annotation):
             self.add(path, value, f"has the wrong type ({type(value).__name__}); expected {_type_name(annotation)}.")
             return
         if isinstance(value, dict):
             nested = _dataclass_in(annotation)
             if "_target_" in value or nested is not None:
                 self.section(path, value, nested)
-            else:
-                self.mapping(path, value)
+            else:  # a plain mapping (schedules, callbacks): its values get the rules of their paths
+                for key, item in value.items():
+                    self.value(f"{path}.{key}", item, Any)
             return
         if value is None and _allows_none(annotation):
             return
-        for rule in _rules_for(path, self.rules):
+        for rule in rules:
             if not rule.holds(value):
                 finite = not isinstance(value, float) or math.isfinite(value)
                 self.add(path, value, f"not allowed; must be {'' if finite else 'a finite number '}{rule.allowed}.")
@@ -642,12 +500,11 @@ def closest_importable(dotted_path: str) -> str | None:
 
 
 def _dataclass_in(annotation: Any) -> Any:
-    """The dataclass an annotation names (``Settings`` or ``Settings | None``), else None."""
-    if dataclasses.is_dataclass(annotation):
+    """The dataclass an annotation names (``Settings``, ``Settings | None``, ``Settings | Mapping``), else None."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return annotation
-    for argument in typing.get_args(annotation):
-        if dataclasses.is_dataclass(argument):
-            return argument
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(filter(None, map(_dataclass_in, typing.get_args(annotation))), None)
     return None
 
 
@@ -663,7 +520,7 @@ def _batch_fits_data(config: dict) -> list[Problem]:
     except (ImportError, AttributeError, ValueError):
         return []
     val_size, batch_size, subset = data.get("val_size"), data.get("batch_size"), data.get("train_subset")
-    if not isinstance(total, int) or not all(_is_number(v) for v in (val_size, batch_size)):
+    if not isinstance(total, int) or not all(is_number(v) for v in (val_size, batch_size)):
         return []
     problems = []
     if val_size >= total:
@@ -677,7 +534,7 @@ def _batch_fits_data(config: dict) -> list[Problem]:
         )
         return problems
     n_train = total - val_size
-    if _is_number(subset) and subset >= 1:
+    if is_number(subset) and subset >= 1:
         n_train = min(n_train, int(subset))
     if batch_size > n_train:
         problems.append(
@@ -736,6 +593,24 @@ CROSS_CHECKS: list[Callable[[dict], list[Problem]]] = [_batch_fits_data, _object
 
 
 # ---------------------------------------------------------------------------------------- entry point
+def _checked(
+    cfg: DictConfig | Mapping[str, Any], schema: Any, rules: Mapping[str, Rule] | None
+) -> tuple[_Checker, Any]:
+    """The checker after checking the config against ``schema``, and the resolved config (None when it
+    does not resolve)."""
+    checker = _Checker(RULES if rules is None else rules)
+    if isinstance(cfg, DictConfig):
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        except Exception as error:  # an interpolation that does not resolve
+            checker.add(getattr(error, "full_key", "") or "config", _ABSENT, f"cannot be resolved: {error}")
+            return checker, None
+    else:
+        config = dict(cfg)
+    checker.section("", config, RunSettings if schema is None else schema)
+    return checker, config
+
+
 def find_problems(
     cfg: DictConfig | Mapping[str, Any],
     schema: Any = None,
@@ -744,19 +619,19 @@ def find_problems(
 ) -> list[Problem]:
     """Every problem in a composed config (empty when it is valid): by default a run's config
     (:class:`RunSettings`, :data:`RULES`, :data:`CROSS_CHECKS`)."""
-    if isinstance(cfg, DictConfig):
-        try:
-            config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        except Exception as error:  # an interpolation that does not resolve
-            return [Problem(getattr(error, "full_key", "") or "config", _ABSENT, f"cannot be resolved: {error}")]
-    else:
-        config = dict(cfg)
-    checker = _Checker(RULES if rules is None else rules)
-    checker.section("", config, RunSettings if schema is None else schema)
-    if not checker.problems:
+    checker, config = _checked(cfg, schema, rules)
+    if config is not None and not checker.problems:
         for check in CROSS_CHECKS if cross_checks is None else cross_checks:
             checker.problems += check(config)
     return checker.problems
+
+
+def declared_rules_of(
+    cfg: DictConfig | Mapping[str, Any], schema: Any = None, rules: Mapping[str, Rule] | None = None
+) -> dict[str, list[Rule]]:
+    """The rules that the classes and dataclasses of a config declare, by the dotted path of their field
+    (the classes its ``_target_`` sections name, and the dataclasses of its plain sections)."""
+    return _checked(cfg, schema, rules)[0].declared
 
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
@@ -778,40 +653,30 @@ def raise_problems(
 
 
 # ---------------------------------------------------------------------------------------- python -m vae_lab.evaluate
-@dataclass
-class EvaluateSettings:
-    """conf/evaluate.yaml, the settings of ``python -m vae_lab.evaluate`` (add a field for a new key there)."""
+@dataclass(frozen=True)
+class EvaluateSettings(EvaluationSettings):
+    """conf/evaluate.yaml, the settings of ``python -m vae_lab.evaluate``: which run to evaluate and on
+    what, and the evaluation's own settings (:class:`EvaluationSettings`: a new one is a field there)."""
 
     run_dir: str | None = None
     checkpoint: str | None = None
-    n_importance_samples: int = 5000
-    seed: int | None = None
-    memory_budget_mb: float | None = None
-    n_test_images: int | None = None
-    active_unit_threshold: float = 0.01
-    surgery: SurgerySettings | None = None
-    inference_gap: InferenceGapSettings | None = None
+    #: Seed of the importance-sampling noise; None takes the run's eval.seed, else the run's seed.
+    seed: Annotated[int | None, SEED] = None
     device: str = "auto"
-    threads: int | str | None = None
+    threads: Threads = None
     data_root: str | None = None
     #: Update the training run's wandb record (vae_lab.tracking.wandb_run.record_evaluation).
     wandb: bool = True
 
-
-#: The ranges of :class:`EvaluateSettings`: those of the ``eval`` block of a run, except that k >= 1
-#: (evaluating is what the command is for).
-EVALUATE_RULES: dict[str, Rule] = {
-    **{pattern.removeprefix("eval."): rule for pattern, rule in RULES.items() if pattern.startswith("eval.")},
-    "n_importance_samples": at_least(1),
-    "threads": RULES["threads"],
-}
+    def __post_init__(self) -> None:  # a schema only: the evaluation's settings are built from it
+        pass
 
 
 def validate_evaluate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     """:func:`validate_config` for the config of ``python -m vae_lab.evaluate``: unknown keys (with the
     closest match), types and ranges, all listed at once."""
     raise_problems(
-        find_problems(cfg, EvaluateSettings, EVALUATE_RULES, cross_checks=()),
+        find_problems(cfg, EvaluateSettings, {}, cross_checks=()),
         "the evaluation's settings",
         "Fix the override (`python -m vae_lab.evaluate --cfg job` prints the settings; conf/evaluate.yaml documents them).",
     )
@@ -820,14 +685,13 @@ def validate_evaluate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
 __all__ = [
     "CROSS_CHECKS",
     "ENTRY_SECTIONS",
-    "EVALUATE_RULES",
-    "MAPPING_KEYS",
     "RULES",
     "SUPPLIED_BY_CODE",
     "EvaluateSettings",
     "Problem",
     "Rule",
     "closest_importable",
+    "declared_rules_of",
     "find_problems",
     "raise_problems",
     "validate_config",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch.distributions import Categorical, Distribution, constraints
 from torch.nn.functional import log_softmax, logsigmoid
 
 from vae_lab.data.forms import DataForm
-from vae_lab.errors import ConfigError
 from vae_lab.model.likelihoods.base import Likelihood
+from vae_lab.ranges import at_least, checked
 
 N_VALUES = 256
 #: Half the width of one bin on the [-1, 1] scale the logistics live on.
@@ -138,10 +139,14 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     data_form = DataForm.DISCRETE
 
-    def __init__(self, channels: int, n_components: int = 1, min_log_scale: float = -7.0) -> None:
+    @checked("likelihood")
+    def __init__(
+        self,
+        channels: int,
+        n_components: Annotated[int, at_least(1, "logistics in the mixture")] = 1,
+        min_log_scale: float = -7.0,
+    ) -> None:
         super().__init__(channels)
-        if n_components < 1:
-            raise ConfigError(f"likelihood.n_components={n_components} must be at least 1.")
         self.n_components = n_components
         self.min_log_scale = min_log_scale
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch.distributions import Distribution, Normal
 
 from vae_lab.model.likelihoods.calibrated import CalibratedNormal, TrainingSetScale
-from vae_lab.model.likelihoods.location_scale import SCALE_MODES, LocationScaleLikelihood
+from vae_lab.model.likelihoods.location_scale import SCALE_MODES, LocationScaleLikelihood, Scale
+from vae_lab.ranges import checked, one_of
 
 #: The Gaussian's ``variance`` settings: the location-scale modes and ``optimal`` (the calibrated decoder).
 VARIANCE_MODES = (*SCALE_MODES, "optimal")
@@ -28,14 +31,14 @@ class GaussianLikelihood(LocationScaleLikelihood):
 
     distribution_class = Normal
     setting_names = ("variance", "fixed_sigma", "min_sigma")
-    scale_modes = VARIANCE_MODES
 
+    @checked("likelihood")
     def __init__(
         self,
         channels: int,
-        variance: str = "per_channel",
-        fixed_sigma: float = 0.1,
-        min_sigma: float = 1e-3,
+        variance: Annotated[str, one_of(VARIANCE_MODES, "a scale mode")] = "per_channel",
+        fixed_sigma: Scale = 0.1,
+        min_sigma: Scale = 1e-3,
     ) -> None:
         super().__init__(channels, mode=variance, fixed_scale=fixed_sigma, min_scale=min_sigma)
         if variance == "optimal":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch.distributions import Laplace
 
-from vae_lab.model.likelihoods.location_scale import LocationScaleLikelihood
+from vae_lab.model.likelihoods.location_scale import SCALE_MODES, LocationScaleLikelihood, Scale
+from vae_lab.ranges import checked, one_of
 
 
 class LaplaceLikelihood(LocationScaleLikelihood):
@@ -25,11 +28,12 @@ class LaplaceLikelihood(LocationScaleLikelihood):
     distribution_class = Laplace
     setting_names = ("scale", "fixed_scale", "min_scale")
 
+    @checked("likelihood")
     def __init__(
         self,
         channels: int,
-        scale: str = "per_channel",
-        fixed_scale: float = 0.1,
-        min_scale: float = 1e-3,
+        scale: Annotated[str, one_of(SCALE_MODES, "a scale mode")] = "per_channel",
+        fixed_scale: Scale = 0.1,
+        min_scale: Scale = 1e-3,
     ) -> None:
         super().__init__(channels, mode=scale, fixed_scale=fixed_scale, min_scale=min_scale)

@@ -4,17 +4,20 @@ that is fixed, learned per channel, or output per pixel, with a floor."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
 from torch.distributions import Distribution
 
 from vae_lab.data.forms import DataForm
-from vae_lab.errors import ConfigError
 from vae_lab.model.likelihoods.base import Likelihood
+from vae_lab.ranges import greater_than
 
 SCALE_MODES = ("fixed", "per_channel", "per_pixel")
+
+#: A fixed scale or a floor of the scale: > 0.
+Scale = Annotated[float, greater_than(0)]
 
 #: Where a learned per-channel scale starts: a typical size of pixel noise on [0, 1].
 INITIAL_SCALE = 0.1
@@ -31,23 +34,17 @@ class LocationScaleLikelihood(Likelihood):
     (a collapsing scale would otherwise send the density, and log p, to +inf on dequantized data).
 
     Subclasses name the family (``distribution_class``, built as ``distribution_class(loc, scale)``)
-    and the config keys of the three settings (``setting_names``, used in error messages).
+    and the config keys of the three settings (``setting_names``), and declare their choices and ranges
+    in their own signatures (:data:`Scale`), where :func:`vae_lab.ranges.checked` checks them.
     """
 
     data_form = DataForm.CONTINUOUS
     distribution_class: ClassVar[type[Distribution]]
     #: Config keys of (mode, fixed scale, scale floor), e.g. ("variance", "fixed_sigma", "min_sigma").
     setting_names: ClassVar[tuple[str, str, str]]
-    #: The scale modes this family accepts.
-    scale_modes: ClassVar[tuple[str, ...]] = SCALE_MODES
 
     def __init__(self, channels: int, mode: str, fixed_scale: float, min_scale: float) -> None:
         super().__init__(channels)
-        mode_key, fixed_key, floor_key = (f"likelihood.{name}" for name in self.setting_names)
-        if mode not in self.scale_modes:
-            raise ConfigError(f"{mode_key}={mode!r} is not a scale mode; use one of {', '.join(self.scale_modes)}.")
-        if fixed_scale <= 0 or min_scale <= 0:
-            raise ConfigError(f"{fixed_key}={fixed_scale} and {floor_key}={min_scale} must both be > 0.")
         self.mode = mode
         self.fixed_scale = fixed_scale
         self.min_scale = min_scale

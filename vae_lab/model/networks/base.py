@@ -3,7 +3,8 @@ posterior family (vae_lab/posteriors) turns into q(z|x)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch.distributions import Distribution
 from vae_lab.errors import ConfigError
 from vae_lab.model.posteriors import DiagonalPosterior, PosteriorFamily
 from vae_lab.model.precision import at_least_float32
+from vae_lab.ranges import at_least, each, one_of
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -20,6 +22,15 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "softplus": nn.Softplus,
 }
+
+
+#: The activation of a network, by name (``model.encoder.activation``).
+Activation = Annotated[str, one_of(ACTIVATIONS)]
+#: The widths of hidden layers (may be empty) and of the channels of conv layers (at least one).
+HiddenSizes = Annotated[Sequence[int], each(at_least(1), non_empty=False)]
+Channels = Annotated[Sequence[int], each(at_least(1))]
+#: The width of one hidden layer.
+HiddenSize = Annotated[int, at_least(1)]
 
 
 def make_activation(name: str) -> nn.Module:

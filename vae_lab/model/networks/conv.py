@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from vae_lab.errors import ConfigError
-from vae_lab.model.networks.base import GaussianEncoder, make_activation
+from vae_lab.model.networks.base import Activation, Channels, GaussianEncoder, HiddenSize, make_activation
 from vae_lab.model.posteriors import PosteriorFamily
+from vae_lab.ranges import checked
 
 
 def _reduced_side(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int]:
@@ -25,13 +26,14 @@ def _reduced_side(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[
 
 
 class ConvEncoder(GaussianEncoder):
+    @checked("model.encoder")
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        channels: Sequence[int] = (32, 64),
-        hidden_size: int = 256,
-        activation: str = "relu",
+        channels: Channels = (32, 64),
+        hidden_size: HiddenSize = 256,
+        activation: Activation = "relu",
         posterior: Callable[..., PosteriorFamily] | None = None,
     ) -> None:
         height, width = _reduced_side(image_shape, channels)
@@ -45,14 +47,15 @@ class ConvEncoder(GaussianEncoder):
 class ConvDecoder(nn.Module):
     """z ``[..., latent_dim]`` to likelihood parameters ``[..., out_channels, H, W]``."""
 
+    @checked("model.decoder")
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
         out_channels: int,
-        channels: Sequence[int] = (32, 64),
-        hidden_size: int = 256,
-        activation: str = "relu",
+        channels: Channels = (32, 64),
+        hidden_size: HiddenSize = 256,
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         height, width = _reduced_side(image_shape, channels)

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from vae_lab.model.networks.base import GaussianEncoder
+from vae_lab.model.networks.base import GaussianEncoder, HiddenSizes
 from vae_lab.model.networks.mlp import DenseDecoder
 from vae_lab.model.posteriors import PosteriorFamily
+from vae_lab.ranges import checked
 
 
 class GatedLinear(nn.Module):
@@ -31,11 +32,12 @@ def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class GatedMLPEncoder(GaussianEncoder):
+    @checked("model.encoder")
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        hidden_sizes: Sequence[int] = (300, 300),
+        hidden_sizes: HiddenSizes = (300, 300),
         posterior: Callable[..., PosteriorFamily] | None = None,
     ) -> None:
         sizes = [math.prod(image_shape), *hidden_sizes]
@@ -43,8 +45,9 @@ class GatedMLPEncoder(GaussianEncoder):
 
 
 class GatedMLPDecoder(DenseDecoder):
+    @checked("model.decoder")
     def __init__(
-        self, image_shape: Sequence[int], latent_dim: int, out_channels: int, hidden_sizes: Sequence[int] = (300, 300)
+        self, image_shape: Sequence[int], latent_dim: int, out_channels: int, hidden_sizes: HiddenSizes = (300, 300)
     ) -> None:
         sizes = [latent_dim, *hidden_sizes]
         super().__init__(gated_mlp(sizes), sizes[-1], image_shape, out_channels)

@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from vae_lab.model.networks.base import GaussianEncoder, make_activation
+from vae_lab.model.networks.base import Activation, GaussianEncoder, HiddenSizes, make_activation
 from vae_lab.model.posteriors import PosteriorFamily
+from vae_lab.ranges import checked
 
 
 def mlp(sizes: Sequence[int], activation_name: str) -> nn.Sequential:
@@ -22,12 +23,13 @@ def mlp(sizes: Sequence[int], activation_name: str) -> nn.Sequential:
 
 
 class MLPEncoder(GaussianEncoder):
+    @checked("model.encoder")
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        hidden_sizes: Sequence[int] = (200, 200),
-        activation: str = "tanh",
+        hidden_sizes: HiddenSizes = (200, 200),
+        activation: Activation = "tanh",
         posterior: Callable[..., PosteriorFamily] | None = None,
     ) -> None:
         sizes = [math.prod(image_shape), *hidden_sizes]
@@ -50,13 +52,14 @@ class DenseDecoder(nn.Module):
 
 
 class MLPDecoder(DenseDecoder):
+    @checked("model.decoder")
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
         out_channels: int,
-        hidden_sizes: Sequence[int] = (200, 200),
-        activation: str = "tanh",
+        hidden_sizes: HiddenSizes = (200, 200),
+        activation: Activation = "tanh",
     ) -> None:
         sizes = [latent_dim, *hidden_sizes]
         super().__init__(mlp(sizes, activation), sizes[-1], image_shape, out_channels)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch.distributions import Distribution
 
 from vae_lab.errors import ConfigError
-from vae_lab.model.objectives.estimators import GRADIENTS, check_gradient, direct_log_prob
+from vae_lab.model.objectives.estimators import GRADIENTS, Gradient, direct_log_prob
+from vae_lab.ranges import at_least, checked, one_of
 
 KL_MODES = ("auto", "analytic", "mc")
-__all__ = ["ELBOTerms", "Objective", "KL_MODES", "GRADIENTS", "check_sample_count"]
+#: ``objective.kl``: one of :data:`KL_MODES`.
+KLMode = Annotated[str, one_of(KL_MODES)]
+#: A number of samples of z per image (``objective.n_samples``, ``objective.k``, ``objective.m``).
+SampleCount = Annotated[int, at_least(1, "samples of z per image")]
+__all__ = ["ELBOTerms", "Objective", "KL_MODES", "GRADIENTS", "Gradient", "KLMode", "SampleCount"]
 
 
 @dataclass
@@ -65,12 +71,6 @@ class ELBOTerms:
         return torch.logsumexp(self.log_weights, dim=0) - math.log(self.log_weights.shape[0])
 
 
-def check_sample_count(name: str, value: int) -> None:
-    """Refuse a number of samples that is not a whole number >= 1, naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"objective.{name}={value!r} must be a whole number >= 1 (samples of z per image).")
-
-
 class Objective(abc.ABC):
     """Turns :class:`ELBOTerms` into the scalar loss that training minimises.
 
@@ -84,11 +84,10 @@ class Objective(abc.ABC):
     #: gradient -> why this objective refuses it (and what to use instead).
     refused_gradients: dict[str, str] = {}
 
-    def __init__(self, n_samples: int = 1, kl: str = "auto", gradient: str = "reparameterization") -> None:
-        check_sample_count("n_samples", n_samples)
-        if kl not in KL_MODES:
-            raise ConfigError(f"objective.kl={kl!r} is unknown; use one of {', '.join(KL_MODES)}.")
-        check_gradient(gradient)
+    @checked("objective")
+    def __init__(
+        self, n_samples: SampleCount = 1, kl: KLMode = "auto", gradient: Gradient = "reparameterization"
+    ) -> None:
         if gradient in self.refused_gradients:
             raise ConfigError(
                 f"objective.gradient={gradient} does not apply to {type(self).__name__}: "

@@ -4,22 +4,19 @@ options: linear warm-up, free bits and capacity annealing."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import fields, replace
+from typing import Annotated, Any
 
 import torch
 
 from vae_lab.errors import ConfigError
-from vae_lab.model.objectives.base import ELBOTerms, Objective
-from vae_lab.model.objectives.estimators import ScoreBaseline
+from vae_lab.model.objectives.base import ELBOTerms, KLMode, Objective, SampleCount
+from vae_lab.model.objectives.estimators import Gradient, ScoreBaseline
 from vae_lab.model.objectives.free_bits import free_bits_kl
-from vae_lab.model.objectives.schedules import CapacitySchedule, KLWarmup
+from vae_lab.model.objectives.schedules import DEFAULT_CAPACITY_GAMMA, CapacitySchedule, KLWarmup
+from vae_lab.ranges import at_least, checked
 
-#: Burgess et al. (2018) use gamma = 1000 (dSprites). On the default MNIST model that swamps the
-#: reconstruction's gradient under Adam: the KL follows C without carrying information (test ELBO
-#: -207.4, the mean image, after 10 epochs with C: 0 -> 15 nats over 5,000 steps); gamma = 100 keeps
-#: the KL on C and learns (-135.1), gamma = 10 too (-120.1). See conf/objective/elbo.yaml.
-DEFAULT_CAPACITY_GAMMA = 100.0
+__all__ = ["ELBO", "DEFAULT_CAPACITY_GAMMA"]
 
 
 class ELBO(Objective):
@@ -51,33 +48,28 @@ class ELBO(Objective):
         "dreg": "the ELBO has one importance weight per term, where DReG is exactly STL; use objective.gradient=stl."
     }
 
+    @checked("objective")
     def __init__(
         self,
-        n_samples: int = 1,
-        kl_weight: float = 1.0,
-        kl: str = "auto",
-        warmup: Mapping[str, Any] | None = None,
-        free_bits: float | None = None,
-        capacity: Mapping[str, Any] | None = None,
-        gradient: str = "reparameterization",
+        n_samples: SampleCount = 1,
+        kl_weight: Annotated[float, at_least(0, "it is beta, the weight of the KL")] = 1.0,
+        kl: KLMode = "auto",
+        warmup: KLWarmup | Mapping[str, Any] | None = None,
+        free_bits: Annotated[float | None, at_least(0, "nats per latent dimension, or null for off")] = None,
+        capacity: CapacitySchedule | Mapping[str, Any] | None = None,
+        gradient: Gradient = "reparameterization",
     ) -> None:
         super().__init__(n_samples=n_samples, kl=kl, gradient=gradient)
-        if kl_weight < 0:
-            raise ConfigError(f"objective.kl_weight={kl_weight} must be >= 0 (it is beta, the weight of the KL).")
-        if free_bits is not None and free_bits < 0:
-            raise ConfigError(
-                f"objective.free_bits={free_bits} must be >= 0 nats per latent dimension (or null for off)."
-            )
         self.kl_weight = kl_weight
-        self.warmup = KLWarmup(**(warmup or {}))
+        self.warmup = warmup if isinstance(warmup, KLWarmup) else KLWarmup(**(warmup or {}))
         self.free_bits = free_bits
-        capacity = dict(capacity or {})
-        self.capacity_gamma = float(capacity.pop("gamma", DEFAULT_CAPACITY_GAMMA))
-        capacity_max = capacity.pop("max", None)
-        capacity_steps = capacity.pop("steps", 0)
-        if capacity:
-            raise ConfigError(f"objective.capacity has unknown keys {sorted(capacity)}; use max, steps and gamma.")
-        self.capacity = None if capacity_max is None else CapacitySchedule(max=capacity_max, steps=capacity_steps)
+        if not isinstance(capacity, CapacitySchedule):
+            unknown = sorted(set(capacity or {}) - {field.name for field in fields(CapacitySchedule)})
+            if unknown:
+                raise ConfigError(f"objective.capacity has unknown keys {unknown}; use max, steps and gamma.")
+            capacity = CapacitySchedule(**(capacity or {}))
+        self.capacity_gamma = capacity.gamma
+        self.capacity = None if capacity.max is None else capacity
         if self.capacity is not None:
             self._check_capacity_alone()
         self._check_gradient_options()
@@ -103,8 +95,6 @@ class ELBO(Objective):
             )
 
     def _check_capacity_alone(self) -> None:
-        if self.capacity_gamma < 0:
-            raise ConfigError(f"objective.capacity.gamma={self.capacity_gamma} must be >= 0.")
         clashes = [
             name
             for name, clash in (

@@ -23,22 +23,20 @@ keeps the bound's (see :func:`reweighted_log_weights`). Any posterior that is a 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch.distributions import Distribution
 
-from vae_lab.errors import ConfigError
+from vae_lab.ranges import one_of
 
 GRADIENTS = ("reparameterization", "stl", "dreg", "score_function")
+#: ``objective.gradient``: one of :data:`GRADIENTS`.
+Gradient = Annotated[str, one_of(GRADIENTS)]
 
 #: Decay of the score-function baseline, an exponential moving average of the batch mean of the
 #: learning signal over past training steps (independent of the current draw, so the estimator stays unbiased).
 BASELINE_DECAY = 0.9
-
-
-def check_gradient(gradient: str) -> str:
-    if gradient not in GRADIENTS:
-        raise ConfigError(f"objective.gradient={gradient!r} is unknown; use one of {', '.join(GRADIENTS)}.")
-    return gradient
 
 
 def sample(posterior: Distribution, n_samples: int, gradient: str) -> torch.Tensor:

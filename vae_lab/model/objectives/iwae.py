@@ -6,12 +6,13 @@ PIWAE and CIWAE."""
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
-from vae_lab.errors import ConfigError
-from vae_lab.model.objectives.base import ELBOTerms, Objective, check_sample_count
-from vae_lab.model.objectives.estimators import ScoreBaseline, reweighted_log_weights
+from vae_lab.model.objectives.base import ELBOTerms, KLMode, Objective, SampleCount
+from vae_lab.model.objectives.estimators import Gradient, ScoreBaseline, reweighted_log_weights
+from vae_lab.ranges import checked, in_interval
 
 STL_IS_BIASED = (
     "sticking the landing is biased for importance-weighted bounds with k > 1 (Tucker et al. 2019, section 3); "
@@ -81,8 +82,8 @@ class IWAE(ImportanceWeighted):
     sum_i w~_i^2 d log w_i / d z_i d z_i / d phi (Tucker et al. 2019, eq. 6).
     """
 
-    def __init__(self, k: int = 5, kl: str = "auto", gradient: str = "reparameterization") -> None:
-        check_sample_count("k", k)
+    @checked("objective")
+    def __init__(self, k: SampleCount = 5, kl: KLMode = "auto", gradient: Gradient = "reparameterization") -> None:
         super().__init__(n_samples=k, kl=kl, gradient=gradient)
         self.k = k
 
@@ -102,9 +103,10 @@ class MIWAE(ImportanceWeighted):
     samples. Between them it trades the bound's tightness (k) against the encoder's gradient signal-to-noise
     ratio, which falls like 1/sqrt(k) and rises like sqrt(M)."""
 
-    def __init__(self, m: int = 4, k: int = 4, kl: str = "auto", gradient: str = "reparameterization") -> None:
-        check_sample_count("m", m)
-        check_sample_count("k", k)
+    @checked("objective")
+    def __init__(
+        self, m: SampleCount = 4, k: SampleCount = 4, kl: KLMode = "auto", gradient: Gradient = "reparameterization"
+    ) -> None:
         super().__init__(n_samples=m * k, kl=kl, gradient=gradient)
         self.m, self.k = m, k
 
@@ -157,12 +159,14 @@ class CIWAE(ImportanceWeighted):
     f is ``elbo_fraction`` in [0, 1]; beta is the KL weight elsewhere in vae_lab. f = 1 is the ELBO, f = 0
     the IWAE. With ``gradient=dreg`` the ELBO part's encoder gradient is STL's and the IWAE part's DReG's."""
 
+    @checked("objective")
     def __init__(
-        self, k: int = 5, elbo_fraction: float = 0.5, kl: str = "auto", gradient: str = "reparameterization"
+        self,
+        k: SampleCount = 5,
+        elbo_fraction: Annotated[float, in_interval(0, 1, "the ELBO's share")] = 0.5,
+        kl: KLMode = "auto",
+        gradient: Gradient = "reparameterization",
     ) -> None:
-        check_sample_count("k", k)
-        if isinstance(elbo_fraction, bool) or not 0.0 <= elbo_fraction <= 1.0:
-            raise ConfigError(f"objective.elbo_fraction={elbo_fraction!r} must be in [0, 1] (the ELBO's share).")
         super().__init__(n_samples=k, kl=kl, gradient=gradient)
         self.k, self.elbo_fraction = k, float(elbo_fraction)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
@@ -12,6 +14,7 @@ from torch.distributions import TransformedDistribution
 from vae_lab.errors import ConfigError
 from vae_lab.model.posteriors.base import PosteriorFamily, diagonal_base
 from vae_lab.model.precision import at_least_float32
+from vae_lab.ranges import at_least, checked
 
 
 class IAFPosterior(PosteriorFamily):
@@ -32,24 +35,17 @@ class IAFPosterior(PosteriorFamily):
     has_density_anywhere = False
     is_gaussian = False
 
+    @checked("posterior")
     def __init__(
         self,
         feature_size: int,
         latent_dim: int,
-        n_flows: int = 2,
-        context_size: int = 50,
-        hidden_size: int = 100,
-        n_hidden_layers: int = 1,
+        n_flows: Annotated[int, at_least(1)] = 2,
+        context_size: Annotated[int, at_least(1)] = 50,
+        hidden_size: Annotated[int, at_least(1)] = 100,
+        n_hidden_layers: Annotated[int, at_least(1)] = 1,
     ) -> None:
         super().__init__(feature_size, latent_dim)
-        for name, value, low in (
-            ("n_flows", n_flows, 1),
-            ("context_size", context_size, 1),
-            ("hidden_size", hidden_size, 1),
-            ("n_hidden_layers", n_hidden_layers, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"posterior.{name}={value!r} must be a whole number >= {low}.")
         if hidden_size < latent_dim:
             raise ConfigError(
                 f"posterior.hidden_size={hidden_size} is below model.latent_dim={latent_dim}: a MADE layer needs at "

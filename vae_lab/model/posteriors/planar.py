@@ -3,14 +3,16 @@ Inference with Normalizing Flows", eqs. 10-13 and appendix A)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from pyro.distributions.transforms.planar import ConditionedPlanar
 from torch import nn
 from torch.distributions import TransformedDistribution
 
-from vae_lab.errors import ConfigError
 from vae_lab.model.posteriors.base import PosteriorFamily, diagonal_base
 from vae_lab.model.precision import at_least_float32
+from vae_lab.ranges import at_least, checked
 
 
 class PlanarPosterior(PosteriorFamily):
@@ -31,10 +33,11 @@ class PlanarPosterior(PosteriorFamily):
     has_log_prob_at_other_z = False
     is_gaussian = False
 
-    def __init__(self, feature_size: int, latent_dim: int, n_flows: int = 4) -> None:
+    @checked("posterior")
+    def __init__(
+        self, feature_size: int, latent_dim: int, n_flows: Annotated[int, at_least(1, "planar flow steps")] = 4
+    ) -> None:
         super().__init__(feature_size, latent_dim)
-        if isinstance(n_flows, bool) or not isinstance(n_flows, int) or n_flows < 1:
-            raise ConfigError(f"posterior.n_flows={n_flows!r} must be a whole number >= 1 (planar flow steps).")
         self.n_flows = n_flows
         # Per step: b (1), u (latent_dim), w (latent_dim).
         self.flow_parameters = nn.Linear(feature_size, n_flows * (1 + 2 * latent_dim))

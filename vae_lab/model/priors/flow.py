@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 from torch.distributions import Independent, Normal, TransformedDistribution
 
 from vae_lab.errors import ConfigError
+from vae_lab.model.networks.base import Activation
 from vae_lab.model.priors.affine_coupling import AffineCoupling, AffineCouplingTransform
 from vae_lab.model.priors.base import Prior
+from vae_lab.ranges import at_least, checked
 
 
 class FlowPrior(Prior):
@@ -22,12 +24,13 @@ class FlowPrior(Prior):
     rest of the model; the KL is estimated by Monte Carlo, and the prior does not factorize.
     """
 
+    @checked("prior")
     def __init__(
         self,
         latent_dim: int,
-        n_layers: int = 4,
-        hidden_size: int = 64,
-        activation: str = "tanh",
+        n_layers: Annotated[int, at_least(1, "coupling layers")] = 4,
+        hidden_size: Annotated[int, at_least(1)] = 64,
+        activation: Activation = "tanh",
         **context: Any,
     ) -> None:
         super().__init__(latent_dim)
@@ -35,8 +38,6 @@ class FlowPrior(Prior):
             raise ConfigError(
                 f"prior=flow needs model.latent_dim >= 2 (a coupling layer splits the dimensions), got {latent_dim}."
             )
-        if n_layers < 1:
-            raise ConfigError(f"prior.n_layers={n_layers} must be at least 1 (coupling layers).")
         parity = torch.arange(latent_dim) % 2
         self.couplings = nn.ModuleList(
             AffineCoupling((parity == layer % 2).float(), hidden_size, activation) for layer in range(n_layers)

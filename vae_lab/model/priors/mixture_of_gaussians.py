@@ -3,14 +3,14 @@ Tomczak & Welling (2018, section 2.2) start from and compare the VampPrior again
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from vae_lab.errors import ConfigError
 from vae_lab.model.priors.base import Prior, diagonal_gaussian_mixture_log_prob
+from vae_lab.ranges import at_least, checked
 
 
 class MixtureOfGaussiansPrior(Prior):
@@ -23,17 +23,16 @@ class MixtureOfGaussiansPrior(Prior):
     over latent dimensions.
     """
 
+    @checked("prior")
     def __init__(
         self,
         latent_dim: int,
-        n_components: int = 10,
+        n_components: Annotated[int, at_least(1, "mixture components")] = 10,
         init_spread: float = 0.1,
         learn_weights: bool = True,
         **context: Any,
     ) -> None:
         super().__init__(latent_dim)
-        if n_components < 1:
-            raise ConfigError(f"prior.n_components={n_components} must be at least 1 (mixture components).")
         self.n_components = n_components
         self.means = nn.Parameter(init_spread * torch.randn(n_components, latent_dim))
         self.log_scales = nn.Parameter(torch.zeros(n_components, latent_dim))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 
 from vae_lab.errors import ConfigError
 from vae_lab.model.priors.base import Prior, diagonal_gaussian_mixture_log_prob
+from vae_lab.ranges import at_least, checked, one_of
 
 PSEUDO_INPUT_INITS = ("data", "random")
 
@@ -37,23 +38,20 @@ class VampPrior(Prior):
 
     evaluates_posterior_anywhere = True
 
+    @checked("prior")
     def __init__(
         self,
         latent_dim: int,
         encoder: nn.Module,
         datamodule: Any = None,
-        n_pseudo_inputs: int = 500,
-        init: str = "data",
+        n_pseudo_inputs: Annotated[int, at_least(1)] = 500,
+        init: Annotated[str, one_of(PSEUDO_INPUT_INITS)] = "data",
         random_mean: float = 0.05,
         random_std: float = 0.01,
         image_shape: Sequence[int] | None = None,
         **context: Any,
     ) -> None:
         super().__init__(latent_dim)
-        if n_pseudo_inputs < 1:
-            raise ConfigError(f"prior.n_pseudo_inputs={n_pseudo_inputs} must be at least 1.")
-        if init not in PSEUDO_INPUT_INITS:
-            raise ConfigError(f"prior.init={init!r} is unknown; use one of {', '.join(PSEUDO_INPUT_INITS)}.")
         if image_shape is None:
             if datamodule is None:
                 raise ConfigError("VampPrior needs the data module (or image_shape) to shape its pseudo-inputs.")
