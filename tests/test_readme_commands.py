@@ -75,14 +75,9 @@ def test_the_documents_show_training_commands() -> None:
     assert len(COMMANDS) >= 25
 
 
-#: Commands the README documents ahead of a branch of issue 14 that is being merged: loggers as config
-#: entries (``+logger.NAME._target_=<class>``). The merger removes this once that branch is in.
-PENDING = pytest.mark.xfail(reason="+logger.NAME._target_ entries: another branch of issue 14", strict=False)
-
-
 @pytest.mark.parametrize(
     ("document", "command"),
-    [pytest.param(d, c, marks=[PENDING] if "+logger." in c else []) for d, c in COMMANDS],
+    COMMANDS,
     ids=[f"{d}: {c}" for d, c in COMMANDS],
 )
 def test_a_documented_training_command_is_a_valid_config(document: str, command: str) -> None:
