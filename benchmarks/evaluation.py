@@ -280,7 +280,9 @@ def main() -> None:
                 f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
             )
     report = {
-        "benchmark": "importance-sampled evaluation, vae_lab.evaluation.importance_sampling.evaluate vs a plain batched loop",
+        "benchmark": (
+            "importance-sampled evaluation, vae_lab.evaluation.importance_sampling.evaluate vs a plain batched loop"
+        ),
         "k": args.k,
         "n_images": args.n_images,
         "run_dir": args.run_dir if Path(args.run_dir).exists() else "default model at initialisation",

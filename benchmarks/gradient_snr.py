@@ -84,9 +84,9 @@ def plot(results: list[dict]) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
     trained = sorted({r["epochs"] for r in results})
-    for axis, group in zip(axes, ("encoder", "decoder")):
-        for gradient, marker, color in zip(GRADIENTS, ("o", "s"), ("C0", "C1")):
-            for epochs, line in zip(trained, ("-", "--", ":")):
+    for axis, group in zip(axes, ("encoder", "decoder"), strict=True):
+        for gradient, marker, color in zip(GRADIENTS, ("o", "s"), ("C0", "C1"), strict=True):
+            for epochs, line in zip(trained, ("-", "--", ":"), strict=False):
                 rows = [r for r in results if r["gradient"] == gradient and r["epochs"] == epochs]
                 axis.plot(
                     [r["k"] for r in rows],

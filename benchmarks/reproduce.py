@@ -79,7 +79,10 @@ def run(name: str, out: Path, data_root: Path, extra: list[str]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| experiment | paper | paper NLL | ours, short schedule: test NLL (IS) | ours, test ELBO | active units | epochs | wall time |",
+        (
+            "| experiment | paper | paper NLL | ours, short schedule: test NLL (IS) | ours, test ELBO | active units "
+            "| epochs | wall time |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -75,10 +75,10 @@ def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     """A plain-text table of ``rows`` (dicts) with the given columns."""
     cells = [[format_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
-    print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
     print("  ".join("-" * width for width in widths))
     for line in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 def format_cell(value: Any) -> str:

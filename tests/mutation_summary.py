@@ -76,8 +76,8 @@ def summary(results: dict[str, str], equivalent: set[str]) -> str:
     total: Counter = sum(counts.values(), Counter())
     lines = [
         (
-            f"kill rate: {rate(total)} ({total['killed']} of the {total['killed'] + total['not killed']} non-equivalent "
-            f"mutants killed; {total['mutants']} mutants, {total['equivalent']} equivalent)"
+            f"kill rate: {rate(total)} ({total['killed']} of the {total['killed'] + total['not killed']} "
+            f"non-equivalent mutants killed; {total['mutants']} mutants, {total['equivalent']} equivalent)"
         ),
         "",
         "| module | mutants | killed | equivalent | not killed | kill rate |",

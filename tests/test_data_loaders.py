@@ -129,9 +129,11 @@ def test_ddp_shards_are_disjoint_and_the_same_on_both_paths():
         shards = []
         for rank in range(2):
             memory = InMemoryBatches(
-                images, 100, shuffle=True, seed=3, epoch=lambda: epoch, rank=lambda: rank, world_size=lambda: 2
+                images, 100, shuffle=True, seed=3, epoch=lambda e=epoch: e, rank=lambda r=rank: r, world_size=lambda: 2
             )
-            sampler = EpochShardSampler(1001, True, 3, epoch=lambda: epoch, rank=lambda: rank, world_size=lambda: 2)
+            sampler = EpochShardSampler(
+                1001, True, 3, epoch=lambda e=epoch: e, rank=lambda r=rank: r, world_size=lambda: 2
+            )
             assert memory.shard_indices().tolist() == list(sampler)
             assert len(memory) == 5 and len(sampler) == 500
             shards.append(set(memory.shard_indices().tolist()))

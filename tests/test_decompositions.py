@@ -56,10 +56,9 @@ class LinearGaussian(nn.Module):
 
     def posterior(self, x: torch.Tensor) -> Independent:
         mean = self.posterior_mean(x)
-        if self.encoder == "exact":  # W^T W diagonal: the exact posterior is a diagonal Gaussian
-            scale = self.covariance.diagonal().sqrt()
-        else:  # "optimal diagonal": mean of p(z|x), variances 1 / Lambda_jj (minimizes KL(q || p(z|x)))
-            scale = self.precision.diagonal().rsqrt()
+        # "exact" (W^T W diagonal): the exact posterior is a diagonal Gaussian; otherwise the "optimal diagonal":
+        # mean of p(z|x), variances 1 / Lambda_jj (minimizes KL(q || p(z|x)))
+        scale = self.covariance.diagonal().sqrt() if self.encoder == "exact" else self.precision.diagonal().rsqrt()
         if self.encoder == "shifted":  # a poor encoder: mean off by 0.5 in every dimension
             mean = mean + 0.5
         return Independent(Normal(mean, scale.expand_as(mean)), 1)

@@ -1,7 +1,7 @@
 """The package's layout is its architecture (README, Architecture): imports flow one way.
 
-shared leaves (errors, files, seeds, ranges, lightning_adapter) <- data <- model <- evaluation <- tracking <- run <- report and the
-entry points (train, evaluate, dashboard). A module may import its own folder and any folder below it.
+shared leaves (errors, files, seeds, ranges, lightning_adapter) <- data <- model <- evaluation <- tracking <- run <-
+report and the entry points (train, evaluate, dashboard). A module may import its own folder and any folder below it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,20 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vae_lab"
-LAYERS = ["errors", "files", "seeds", "ranges", "lightning_adapter", "data", "model", "evaluation", "tracking", "run", "report", "entry"]
+LAYERS = [
+    "errors",
+    "files",
+    "seeds",
+    "ranges",
+    "lightning_adapter",
+    "data",
+    "model",
+    "evaluation",
+    "tracking",
+    "run",
+    "report",
+    "entry",
+]
 ENTRY_POINTS = {"__init__", "train", "evaluate", "dashboard", "conf"}
 #: What may live at the package's top level: the entry points, the shared leaves and the package doc.
 TOP_LEVEL = {"__init__", "train", "evaluate", "dashboard", "errors", "files", "seeds", "ranges", "lightning_adapter"}

@@ -186,7 +186,7 @@ def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_compl
         ["200", 0, "", *[None] * 10, 0, 0, 0, 1, 1, 0],
     ]
     assert len(data) == len(expected)
-    for line, wanted in zip(data, expected):
+    for line, wanted in zip(data, expected, strict=True):
         assert line == [pytest.approx(v) if isinstance(v, float) else v for v in wanted]
     text = to_csv(report)
     assert "\r" not in text and text.endswith("\n") and text.count("\n") == 4
@@ -196,6 +196,7 @@ def test_report_numeric_table_and_csv_hold_full_precision_and_the_jobs_not_compl
         rows[1:],
         data,
         ["", "failed:sweep/100-1", "unfinished:sweep/200-0;interrupted:sweep/200-1;pending:sweep/(not started)"],
+        strict=True,
     ):
         assert row == ["" if value is None else str(value) for value in line] + [jobs]
 
@@ -274,9 +275,17 @@ def test_evaluation_metrics_and_details_name_every_figure() -> None:
 
 
 def test_evaluation_table_lists_every_figure_aligned() -> None:
-    assert (
-        evaluation_result().table([("checkpoint", "best.ckpt")])
-        == "-log p(x), IS (test/nll_is)  91.250 nats\nbits/dim, IS (test/bpd_is)   0.1679\nELBO, same samples           -97.500 nats\nbits/dim, ELBO               0.1794\nactive units (Cov > 0.01)    3 / 4\nKL per dimension             sum 2.75, max 2.25 nats over 4 dims\nk, test images, seed         500, 200, 7\nbatch x chunk                100 images x 250 samples\ntime                         12.5 s on 2 threads\ncheckpoint                   best.ckpt"
+    assert evaluation_result().table([("checkpoint", "best.ckpt")]) == (
+        "-log p(x), IS (test/nll_is)  91.250 nats\n"
+        "bits/dim, IS (test/bpd_is)   0.1679\n"
+        "ELBO, same samples           -97.500 nats\n"
+        "bits/dim, ELBO               0.1794\n"
+        "active units (Cov > 0.01)    3 / 4\n"
+        "KL per dimension             sum 2.75, max 2.25 nats over 4 dims\n"
+        "k, test images, seed         500, 200, 7\n"
+        "batch x chunk                100 images x 250 samples\n"
+        "time                         12.5 s on 2 threads\n"
+        "checkpoint                   best.ckpt"
     )
     assert "KL per dimension             n/a (q(z|x) or p(z) does not factorize)" in evaluation_result(None).table()
 
@@ -329,7 +338,8 @@ def test_evaluation_settings_accept_the_smallest_values() -> None:
 
 
 def progress_counts(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The ``done/total`` of each progress line that vae_lab.evaluation.importance_sampling logged (stderr is no terminal here)."""
+    """The ``done/total`` of each progress line that vae_lab.evaluation.importance_sampling logged (stderr is no
+    terminal here)."""
     prefix = "vae_lab.evaluate: "
     return [
         r.getMessage()[len(prefix) :].split(" test images")[0]
@@ -886,7 +896,10 @@ def test_location_scale_settings_defaults_and_start() -> None:
     gaussian = GaussianLikelihood(channels=3)
     assert (gaussian.channels, gaussian.mode, gaussian.min_scale) == (3, "per_channel", 1e-3)
     assert GaussianLikelihood(channels=1, variance="fixed").fixed_scale == 0.1
-    start = lambda floor: float(GaussianLikelihood(channels=1, min_sigma=floor).pixel_scale(torch.zeros(1, 1, 1, 1)))
+
+    def start(floor: float) -> float:
+        return float(GaussianLikelihood(channels=1, min_sigma=floor).pixel_scale(torch.zeros(1, 1, 1, 1)))
+
     assert start(1e-3) == pytest.approx(0.1) and start(0.04) == pytest.approx(0.1)
     assert start(0.05) == pytest.approx(0.1) and start(0.2) == pytest.approx(0.4)  # a floor above 0.05: twice the floor
     fixed = GaussianLikelihood(channels=1, variance="fixed").pixel_scale(torch.zeros(1, 1, 1, 1, dtype=torch.float64))

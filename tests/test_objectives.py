@@ -4,6 +4,7 @@ implementation of the bound."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 from pathlib import Path
@@ -279,7 +280,7 @@ def bound_estimates(model: VAE, x: torch.Tensor, k: int, repeats: int) -> tuple[
 def assert_bound_increases_with_k(model: VAE, x: torch.Tensor) -> list[float]:
     torch.manual_seed(0)
     estimates = [bound_estimates(model, x, k, repeats=40) for k in (1, 5, 50)]
-    for (low, low_error), (high, high_error) in zip(estimates, estimates[1:]):
+    for (low, low_error), (high, high_error) in itertools.pairwise(estimates):
         assert high - low > 3 * math.hypot(low_error, high_error), estimates
     return [value.item() for value, _ in estimates]
 
@@ -347,14 +348,14 @@ def test_iwae_gradient_matches_autograd_of_the_exact_bound() -> None:
     reference_gradients = torch.autograd.grad(reference, parameters)
 
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
-    for gradient, expected in zip(gradients, reference_gradients):
+    for gradient, expected in zip(gradients, reference_gradients, strict=True):
         assert torch.allclose(gradient, expected, rtol=1e-4, atol=1e-6)
 
     # Not the gradient of the k-sample ELBO (the average of the log-weights) on the same draw.
     torch.manual_seed(42)
     elbo_loss = -model.elbo_terms(x, n_samples=k).log_weights.mean()
     elbo_gradients = torch.autograd.grad(elbo_loss, parameters)
-    assert max((a - b).abs().max().item() for a, b in zip(gradients, elbo_gradients)) > 1e-2
+    assert max((a - b).abs().max().item() for a, b in zip(gradients, elbo_gradients, strict=True)) > 1e-2
 
 
 def test_iwae_training_step_uses_k_samples_and_logs_the_bound(data_root: Path, tmp_path: Path) -> None:

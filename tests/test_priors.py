@@ -114,7 +114,7 @@ def test_samples_follow_the_density(name: str) -> None:
     for sign_0 in (-1, 1):
         for sign_1 in (-1, 1):
 
-            def inside(z: torch.Tensor) -> torch.Tensor:
+            def inside(z: torch.Tensor, sign_0: int = sign_0, sign_1: int = sign_1) -> torch.Tensor:
                 return (sign_0 * (z[:, 0] - mean[0]) > 0) & (sign_1 * (z[:, 1] - mean[1]) > 0)
 
             expected = mass[inside(points)].sum().item()
@@ -312,7 +312,7 @@ def test_mixture_log_prob_is_torch_distributions_mixture(make: str) -> None:
     parameters = [z, *prior.parameters()]
     fast_gradients = torch.autograd.grad(fast.sum(), parameters, allow_unused=True)
     reference_gradients = torch.autograd.grad(reference.sum(), parameters, allow_unused=True)
-    for fast_gradient, reference_gradient in zip(fast_gradients, reference_gradients):
+    for fast_gradient, reference_gradient in zip(fast_gradients, reference_gradients, strict=True):
         if reference_gradient is not None:
             assert torch.allclose(fast_gradient, reference_gradient, rtol=1e-4, atol=1e-3)
 

@@ -205,7 +205,7 @@ def test_table_is_logged_to_wandb_in_the_sweeps_group(sweep: SimpleNamespace) ->
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
     assert table["columns"][:4] == ["objective.kl_weight", "data.batch_size", "n_seeds", "seeds"]
-    by_setting = {(line[0], line[1]): dict(zip(table["columns"], line)) for line in table["data"]}
+    by_setting = {(line[0], line[1]): dict(zip(table["columns"], line, strict=True)) for line in table["data"]}
     assert len(by_setting) == len(sweep.rows)
     for row in sweep.rows:
         logged = by_setting[(row["objective.kl_weight"], row["data.batch_size"])]

@@ -363,7 +363,8 @@ with open("/proc/self/clear_refs", "w") as file:
 before = status_bytes("VmRSS")
 (-likelihood(decoder(encoder(x).rsample((L,)))).log_prob(x).mean()).backward()  # the step of vae_lab.model.vae
 grown = status_bytes("VmHWM") - before
-values = training_step_bytes(sizes.n_parameters, sizes.values_per_sample, L, B) - training_step_bytes(sizes.n_parameters, 0, 0, 0)
+values = training_step_bytes(sizes.n_parameters, sizes.values_per_sample, L, B)
+values -= training_step_bytes(sizes.n_parameters, 0, 0, 0)
 print(grown / values)
 """
 

@@ -9,7 +9,6 @@ into the run's ``summary.json`` (atomically, keeping its other fields). Settings
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from typing import Any

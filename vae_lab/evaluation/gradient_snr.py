@@ -77,7 +77,7 @@ def gradient_snr(
                 grads = torch.autograd.grad(loss, flat, allow_unused=True)
                 index = 0
                 for name, params in groups.items():
-                    for j, param in enumerate(params):
+                    for j in range(len(params)):
                         grad = grads[index]
                         index += 1
                         if grad is not None:

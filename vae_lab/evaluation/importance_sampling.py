@@ -42,11 +42,11 @@ from vae_lab.evaluation.decompositions import (
     unsupported_family,
 )
 from vae_lab.evaluation.noise import ImageNoise, standard_normal, stream_generator
+from vae_lab.evaluation.progress import CountProgress
 from vae_lab.evaluation.thread_choice import ThreadChoice
 from vae_lab.model.objectives import ELBOTerms
 from vae_lab.model.posteriors import MOMENT_SAMPLES, has_closed_form_moments, latent_dtype
 from vae_lab.model.vae import VAE, kl_per_dim_names
-from vae_lab.evaluation.progress import CountProgress
 from vae_lab.ranges import SEED, at_least, check_fields, greater_than
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,9 @@ class EvaluationSettings:
         check_fields(self)
         if self.n_test_images is not None and self.inference_gap.n_images > self.n_test_images:
             raise ConfigError(
-                f"inference_gap.n_images={self.inference_gap.n_images} is more than the n_test_images={self.n_test_images} "
-                "evaluated; the gaps are measured on the first of those images: lower it, or raise n_test_images."
+                f"inference_gap.n_images={self.inference_gap.n_images} is more than the "
+                f"n_test_images={self.n_test_images} evaluated; "
+                "the gaps are measured on the first of those images: lower it, or raise n_test_images."
             )
 
     @classmethod
@@ -427,7 +428,7 @@ def run_evaluation(
                 None
                 if not posteriors
                 else elbo_surgery(
-                    *(torch.cat(part) for part in zip(*posteriors)),
+                    *(torch.cat(part) for part in zip(*posteriors, strict=True)),
                     model.prior.log_prob,
                     totals["kl"] / n_images,
                     settings.surgery.n_samples,
@@ -534,7 +535,7 @@ def log_metrics(logger: Any, metrics: Mapping[str, Any], step: int) -> None:
     scalars: dict[str, float] = {name: value for name, value in metrics.items() if not isinstance(value, list)}
     per_dim = metrics.get("test/kl_per_dim")
     if per_dim is not None:
-        scalars.update(zip(kl_per_dim_names("test", len(per_dim)), per_dim))
+        scalars.update(zip(kl_per_dim_names("test", len(per_dim)), per_dim, strict=True))
     if not hasattr(logger, "run_safely"):  # CSV and other file loggers
         logger.log_metrics(scalars, step=step)
         logger.save()

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vae_lab.report: {job.status}: {where} ({' '.join(job.overrides)})")
     print(f"vae_lab.report: wandb: {files.wandb}")
     print(
-        f"vae_lab.report: wrote {files.markdown}, {files.csv.name}, {files.html.name} and {len(files.plots)} plots in {files.plots[0].parent if files.plots else '-'}"
+        f"vae_lab.report: wrote {files.markdown}, {files.csv.name}, {files.html.name} and {len(files.plots)} plots "
+        f"in {files.plots[0].parent if files.plots else '-'}"
     )
     return 0
 

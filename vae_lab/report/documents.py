@@ -11,7 +11,8 @@ from pathlib import Path
 from vae_lab.report.table import NOT_COMPLETE, Report, job_cells, markdown_table, table_cells
 
 STYLE = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222;
+       max-width: 1400px; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #eee; }

@@ -188,7 +188,7 @@ def read_validation_curve(path: Path) -> list[tuple[int, float]]:
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise UnreadableFile(path, f"line {number} has {len(row)} fields, its header {len(header)}")
-        records.append(dict(zip(header, row)))
+        records.append(dict(zip(header, row, strict=True)))
     after_fit = {(r["epoch"], r["step"]) for r in records if any(r[k] for k in header if k.startswith("test/"))}
     curve = []
     for number, record in enumerate(records, start=2):

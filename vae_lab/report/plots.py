@@ -49,22 +49,22 @@ def metrics_against_axis(report: Report, axis: str, path: Path) -> Path | None:
     others = [other for other in report.axes if other != axis]
     values = sorted({row.setting[axis] for row in report.rows}, key=sort_key)
     numbers = as_numbers(values)
-    positions = dict(zip(values, numbers if numbers is not None else range(len(values))))
+    positions = dict(zip(values, numbers if numbers is not None else range(len(values)), strict=True))
     groups: dict[tuple[str, ...], list[Row]] = {}
     for row in report.rows:
         groups.setdefault(tuple(row.setting[other] for other in others), []).append(row)
     columns = min(3, len(test_metrics))
     rows_of_panels = -(-len(test_metrics) // columns)
     figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.4 * rows_of_panels), squeeze=False)
-    for panel, metric in zip(panels.flat, test_metrics):
+    for panel, metric in zip(panels.flat, test_metrics, strict=False):
         for colour, (group, rows) in zip(
-            colours(len(groups)), sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]])
+            colours(len(groups)), sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]]), strict=True
         ):
             points = [(positions[row.setting[axis]], row.statistic(metric)) for row in rows]
             points = sorted((x, s) for x, s in points if s is not None)
             if not points:
                 continue
-            label = ", ".join(f"{other}={value}" for other, value in zip(others, group)) or None
+            label = ", ".join(f"{other}={value}" for other, value in zip(others, group, strict=True)) or None
             panel.errorbar(
                 [x for x, _ in points],
                 [s.mean for _, s in points],
@@ -152,12 +152,12 @@ def kl_per_dimension(report: Report, path: Path) -> tuple[Path | None, str]:
     plt = pyplot()
     figure, panel = plt.subplots(figsize=(8, 4.5))
     palette = colours(len(report.rows))
-    for index, row, statistics in lines:
-        ranks = range(1, len(statistics) + 1)
+    for index, row, per_rank in lines:
+        ranks = range(1, len(per_rank) + 1)
         panel.errorbar(
             list(ranks),
-            [s.mean for s in statistics],
-            yerr=[s.std or 0.0 for s in statistics],
+            [s.mean for s in per_rank],
+            yerr=[s.std or 0.0 for s in per_rank],
             marker=".",
             capsize=2,
             color=palette[index],
@@ -187,7 +187,7 @@ def image_grid(report: Report, path: Path, notes: list[str]) -> Path | None:
     figure, panels = plt.subplots(
         len(rows), 2 * len(seeds), figsize=(2.6 * 2 * len(seeds), 2.9 * len(rows)), squeeze=False
     )
-    for row_panels, row in zip(panels, rows):
+    for row_panels, row in zip(panels, rows, strict=True):
         by_seed = {job.seed: job for job in row.complete if has_images(job)}
         for column, seed in enumerate(seeds):
             job = by_seed.get(seed)
@@ -254,7 +254,7 @@ def rate_distortion(report: Report, path: Path) -> Path | None:
     pad_r = 0.1 * (max(rates) - min(rates)) + 1.0
     low_d, high_d = min(distortions) - pad_d, max(distortions) + pad_d
     low_r, high_r = max(0.0, min(rates) - pad_r), max(rates) + pad_r
-    totals = [d + r for d, r in zip(distortions, rates)]
+    totals = [d + r for d, r in zip(distortions, rates, strict=True)]
     levels = sorted({round(t, 1) for t in (min(totals), max(totals))} | {round(t, 1) for t in totals[:8]})  # equal ELBO
     for level in levels:
         panel.plot([low_d, high_d], [level - low_d, level - high_d], "--", color="grey", linewidth=0.7, zorder=1)
@@ -291,7 +291,7 @@ def collapse_heatmaps(report: Report, path: Path) -> Path | None:
     figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4.6 * columns, 3.6 * rows_of_panels), squeeze=False)
     high = max(max(max(vector) for vector in values) for _, _, values in panels_data)
     image = None
-    for panel, (title, epochs, values) in zip(panels.flat, panels_data):
+    for panel, (title, epochs, values) in zip(panels.flat, panels_data, strict=False):
         image = draw_heatmap(panel, epochs, values, title)
         image.set_clim(0.0, max(high, 1e-6))
     for panel in list(panels.flat)[len(panels_data) :]:

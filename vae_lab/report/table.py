@@ -90,7 +90,7 @@ def build_report(jobs: list[Job]) -> Report:
     rows: dict[tuple[str, ...], Row] = {}
     for job in jobs:
         key = tuple(job.value_of(axis) for axis in axes)
-        rows.setdefault(key, Row(dict(zip(axes, key)))).jobs.append(job)
+        rows.setdefault(key, Row(dict(zip(axes, key, strict=True)))).jobs.append(job)
     ordered = [rows[key] for key in sorted(rows, key=lambda key: [sort_key(value) for value in key])]
     metrics = [metric for metric in METRICS if any(metric in job.metrics for job in jobs if job.status == "complete")]
     return Report(axes, ordered, jobs, metrics)
@@ -154,7 +154,7 @@ def to_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*columns, "not_complete_jobs"])
-    for row, line in zip(report.rows, data):
+    for row, line in zip(report.rows, data, strict=True):
         jobs = ";".join(f"{job.status}:{job.directory}" for job in row.not_complete)
         writer.writerow(["" if value is None else value for value in line] + [jobs])
     return buffer.getvalue()

@@ -48,7 +48,10 @@ def log_report(
         return "not logged: wandb is disabled on the command line (--no-wandb)"
     settings = wandb_settings(report)
     if settings is None and requested_mode is None:
-        return "not logged: the jobs had no wandb logger (logger.wandb is null); pass --wandb-mode offline or online to log anyway"
+        return (
+            "not logged: the jobs had no wandb logger (logger.wandb is null); "
+            "pass --wandb-mode offline or online to log anyway"
+        )
     settings = settings or {}
     mode = resolve_wandb_mode(requested_mode or settings.get("mode") or "auto")
     if mode == "disabled":

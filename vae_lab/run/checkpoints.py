@@ -52,9 +52,8 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def non_finite_tensors(tree: Any, prefix: str = "") -> Iterator[str]:
     """The names of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
     if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            if not bool(torch.isfinite(tree).all()):
-                yield prefix or "<tensor>"
+        if (tree.is_floating_point() or tree.is_complex()) and not bool(torch.isfinite(tree).all()):
+            yield prefix or "<tensor>"
     elif isinstance(tree, float):
         if not math.isfinite(tree):
             yield prefix or "<float>"

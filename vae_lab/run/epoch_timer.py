@@ -5,8 +5,8 @@ Set ``VAE_LAB_TIMING_FILE=<path>`` and a run appends one JSON line per event to 
 ``{"event": "epoch", "epoch": e, "seconds": s, "cpu_seconds": c, "images": n}`` per training epoch, where ``s`` runs
 from the start of the epoch (its shuffle included) to the end of its last step (validation,
 checkpoints and start-up excluded), ``c`` is the CPU time this process spent in it (less
-sensitive than wall time to other jobs on the machine) and ``n`` counts the images of all ranks. Nothing is measured or logged otherwise,
-so the metrics of a run never depend on timing.
+sensitive than wall time to other jobs on the machine) and ``n`` counts the images of all ranks. Nothing is measured
+or logged otherwise, so the metrics of a run never depend on timing.
 """
 
 from __future__ import annotations

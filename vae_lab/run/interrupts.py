@@ -20,8 +20,8 @@ own generator, so a run stopped there, or killed there, resumes from its last ch
 these stages again and ends with the uninterrupted run's numbers.
 
 Outside this region (start-up; and once the images are saved, the last wandb calls and the summary,
-where a resumed run would only redo the final stages) vae_lab.run.early_signals stops at once with one line. ``VAE_LAB_PAUSE_AT`` makes the run wait at one of these safe points, for tests
-(vae_lab.run.pause_points).
+where a resumed run would only redo the final stages) vae_lab.run.early_signals stops at once with one line.
+``VAE_LAB_PAUSE_AT`` makes the run wait at one of these safe points, for tests (vae_lab.run.pause_points).
 """
 
 from __future__ import annotations

@@ -411,5 +411,6 @@ def _error_to_raise(job: Job, error: BaseException) -> BaseException:
     else:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     return JobFailedError(
-        f"job {job.run_dir.name} failed: {type(error).__name__}: {error} (recorded in {job.run_dir / run_state.SUMMARY})"
+        f"job {job.run_dir.name} failed: {type(error).__name__}: {error} "
+        f"(recorded in {job.run_dir / run_state.SUMMARY})"
     )

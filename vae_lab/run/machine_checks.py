@@ -166,7 +166,8 @@ def memory_problems(cfg: DictConfig, devices: list[torch.device]) -> list[Proble
                 value,
                 (
                     f"not possible on this machine: a validation batch needs at least {_size(validation * sharing)} "
-                    f"({eval_batch} images x {sizes.values_per_sample:,} decoder values, and the weights{processes}), {more}. "
+                    f"({eval_batch} images x {sizes.values_per_sample:,} decoder values, and the weights{processes}), "
+                    f"{more}. "
                     "Lower data.eval_batch_size (or model.latent_dim)."
                 ),
             )
@@ -183,9 +184,10 @@ def memory_problems(cfg: DictConfig, devices: list[torch.device]) -> list[Proble
             path,
             value,
             (
-                f"not possible on this machine: a training step needs at least {_size(step * sharing)} (the weights and "
-                f"gradients of {sizes.n_parameters:,} parameters, {_size(weights)}; {n_samples} samples x {batch_size} images "
-                f"x {sizes.values_per_sample:,} decoder values per sample kept for the backward pass, {_size(activations)}"
+                f"not possible on this machine: a training step needs at least {_size(step * sharing)} "
+                f"(the weights and gradients of {sizes.n_parameters:,} parameters, {_size(weights)}; "
+                f"{n_samples} samples x {batch_size} images x {sizes.values_per_sample:,} decoder values per sample "
+                f"kept for the backward pass, {_size(activations)}"
                 f"{processes}), {more}. Lower {lower}."
             ),
         )
@@ -262,8 +264,8 @@ def check_training_machine(cfg: DictConfig) -> None:
 def evaluation_problems(
     prefix: str, n_importance_samples: int | None, memory_budget_mb: float | None, device: torch.device
 ) -> list[Problem]:
-    """What the evaluation (vae_lab.evaluation.importance_sampling) holds beyond the device's whole memory: its chunk budget,
-    or the three [k, B] float32 log-weight buffers of its smallest batch of images."""
+    """What the evaluation (vae_lab.evaluation.importance_sampling) holds beyond the device's whole memory: its chunk
+    budget, or the three [k, B] float32 log-weight buffers of its smallest batch of images."""
     from vae_lab.evaluation.importance_sampling import MIN_IMAGES_PER_BATCH
 
     total = total_memory_bytes(device)

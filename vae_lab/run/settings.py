@@ -278,6 +278,22 @@ def _fits(value: Any, annotation: Any) -> bool:
         return any(value == argument and type(value) is type(argument) for argument in arguments)
     if origin is typing.Annotated:
         return _fits(value, arguments[0])
+    fits = _fits_plain(value, annotation)
+    if fits is None:
+        fits = _fits_collection(value, annotation, origin, arguments)
+    if fits is not None:
+        return fits
+    if isinstance(annotation, str):
+        return True  # an annotation that could not be resolved: nothing to check
+    # Any other class (nn.Module, Accelerator) or a callable: only a nested _target_ can build one.
+    if isinstance(value, dict) and "_target_" in value:
+        return True
+    return not (isinstance(annotation, type) or origin is Callable or annotation is Callable)
+
+
+def _fits_plain(value: Any, annotation: Any) -> bool | None:
+    """``_fits`` for the annotations of a single config value (None, a section, a scalar, a path, an
+    enum); None when the annotation is none of those."""
     if annotation is type(None) or annotation is None:
         return value is None
     if annotation is Target:
@@ -296,6 +312,12 @@ def _fits(value: Any, annotation: Any) -> bool:
         return isinstance(value, str)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return any(value == member.value or value == member for member in annotation)
+    return None
+
+
+def _fits_collection(value: Any, annotation: Any, origin: Any, arguments: tuple[Any, ...]) -> bool | None:
+    """``_fits`` for the sequence and mapping annotations (``origin``/``arguments`` are the annotation's
+    typing origin and arguments); None when the annotation is neither."""
     sequence_types = (list, tuple, Sequence, typing.Sequence, Iterable, typing.Iterable)
     if origin in sequence_types or annotation in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -305,12 +327,7 @@ def _fits(value: Any, annotation: Any) -> bool:
         return not arguments or all(_fits(item, arguments[0]) for item in value)
     if origin in (dict, Mapping, typing.Mapping) or annotation is dict:
         return isinstance(value, dict)
-    if isinstance(annotation, str):
-        return True  # an annotation that could not be resolved: nothing to check
-    # Any other class (nn.Module, Accelerator) or a callable: only a nested _target_ can build one.
-    if isinstance(value, dict) and "_target_" in value:
-        return True
-    return not (isinstance(annotation, type) or origin is Callable or annotation is Callable)
+    return None
 
 
 def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
@@ -678,7 +695,8 @@ def validate_evaluate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     raise_problems(
         find_problems(cfg, EvaluateSettings, {}, cross_checks=()),
         "the evaluation's settings",
-        "Fix the override (`python -m vae_lab.evaluate --cfg job` prints the settings; conf/evaluate.yaml documents them).",
+        "Fix the override (`python -m vae_lab.evaluate --cfg job` prints the settings; "
+        "conf/evaluate.yaml documents them).",
     )
 
 

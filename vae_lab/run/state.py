@@ -217,7 +217,8 @@ def plan_launch(
     if not resume:
         raise ConfigError(
             f"{run_dir} already holds a run (status: {status}). Pass resume=true to continue it (a complete run "
-            "is skipped, or extended with a larger trainer.max_epochs), or give this run its own output directory (hydra.run.dir=..., or hydra.sweep.dir=... "
+            "is skipped, or extended with a larger trainer.max_epochs), or give this run its own output directory "
+            "(hydra.run.dir=..., or hydra.sweep.dir=... "
             "for a multirun)."
         )
     if previous is not None and "config" in previous:

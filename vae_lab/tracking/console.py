@@ -12,8 +12,8 @@
   ``train/loss``, ``val/elbo`` and ``val/kl``; where stdout is not a terminal (launchers, CI, a job
   log), :class:`LineProgress` instead: one line per epoch with those metrics, and a line every
   ``interval`` seconds within long epochs, with the rate and the time left.
-- :class:`vae_lab.evaluation.progress.CountProgress`: the same for a loop that counts items (the importance-sampled evaluation):
-  a tqdm bar with rate and ETA on a terminal, otherwise a line every tenth.
+- :class:`vae_lab.evaluation.progress.CountProgress`: the same for a loop that counts items (the importance-sampled
+  evaluation): a tqdm bar with rate and ETA on a terminal, otherwise a line every tenth.
 """
 
 from __future__ import annotations

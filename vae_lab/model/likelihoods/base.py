@@ -12,6 +12,10 @@ from torch.distributions import Distribution, Independent
 from vae_lab.data.forms import DataForm
 from vae_lab.model.precision import at_least_float32
 
+#: The default ``sample_shape`` of the likelihoods' distributions' sample/rsample (one sample), as in
+#: torch.distributions; a module constant since a call in a default argument is evaluated once anyway.
+NO_SAMPLE_SHAPE = torch.Size()
+
 
 class Likelihood(nn.Module, abc.ABC):
     """Turns the decoder's output into a distribution over images.

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch.distributions import Distribution, Normal, constraints
 
+from vae_lab.model.likelihoods.base import NO_SAMPLE_SHAPE
+
 
 class CalibratedNormal(Distribution):
     """prod N(x_i; loc_i, sigma*^2) with sigma* fitted by :meth:`log_prob` to the values it scores (one
@@ -55,7 +57,7 @@ class CalibratedNormal(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return Normal(self.loc, self.fitted_scale(value), validate_args=False).log_prob(value)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = NO_SAMPLE_SHAPE) -> torch.Tensor:
         return Normal(self.loc, self.sample_scale.expand_as(self.loc), validate_args=False).rsample(sample_shape)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Categorical
 
 from vae_lab.data.forms import DataForm
-from vae_lab.model.likelihoods.base import Likelihood
+from vae_lab.model.likelihoods.base import NO_SAMPLE_SHAPE, Likelihood
 
 N_VALUES = 256
 
@@ -22,7 +22,7 @@ class PixelCategorical(Categorical):
         values = torch.arange(self.logits.shape[-1], dtype=self.probs.dtype, device=self.probs.device)
         return (self.probs * values).sum(-1)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = NO_SAMPLE_SHAPE) -> torch.Tensor:
         return super().sample(sample_shape).to(self.logits.dtype)
 
 

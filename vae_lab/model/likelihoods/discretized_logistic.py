@@ -10,7 +10,7 @@ from torch.distributions import Categorical, Distribution, constraints
 from torch.nn.functional import log_softmax, logsigmoid
 
 from vae_lab.data.forms import DataForm
-from vae_lab.model.likelihoods.base import Likelihood
+from vae_lab.model.likelihoods.base import NO_SAMPLE_SHAPE, Likelihood
 from vae_lab.ranges import at_least, checked
 
 N_VALUES = 256
@@ -112,7 +112,7 @@ class DiscretizedLogisticMixture(Distribution):
         return expected
 
     @torch.no_grad()
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = NO_SAMPLE_SHAPE) -> torch.Tensor:
         """Pick a component, draw a logistic by its inverse CDF, and take the bin it falls in (floats)."""
         shape = self._extended_shape(torch.Size(sample_shape))
         component = Categorical(logits=self.mixture_logits).sample(torch.Size(sample_shape)).unsqueeze(-1)

@@ -3,6 +3,7 @@ side, so the side must be divisible by 2 ** len(channels)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,7 +39,7 @@ class ConvEncoder(GaussianEncoder):
     ) -> None:
         height, width = _reduced_side(image_shape, channels)
         layers: list[nn.Module] = []
-        for channels_in, channels_out in zip([image_shape[0], *channels[:-1]], channels):
+        for channels_in, channels_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
             layers += [nn.Conv2d(channels_in, channels_out, 4, stride=2, padding=1), make_activation(activation)]
         layers += [nn.Flatten(), nn.Linear(channels[-1] * height * width, hidden_size), make_activation(activation)]
         super().__init__(nn.Sequential(*layers), hidden_size, latent_dim, posterior)
@@ -67,7 +68,7 @@ class ConvDecoder(nn.Module):
             make_activation(activation),
             nn.Unflatten(-1, (reversed_channels[0], height, width)),
         ]
-        for channels_in, channels_out in zip(reversed_channels, reversed_channels[1:]):
+        for channels_in, channels_out in itertools.pairwise(reversed_channels):
             layers += [
                 nn.ConvTranspose2d(channels_in, channels_out, 4, stride=2, padding=1),
                 make_activation(activation),

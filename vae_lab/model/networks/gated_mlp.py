@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -28,7 +29,7 @@ class GatedLinear(nn.Module):
 
 
 def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
-    return nn.Sequential(*(GatedLinear(size_in, size_out) for size_in, size_out in zip(sizes[:-1], sizes[1:])))
+    return nn.Sequential(*(GatedLinear(size_in, size_out) for size_in, size_out in itertools.pairwise(sizes)))
 
 
 class GatedMLPEncoder(GaussianEncoder):

@@ -3,6 +3,7 @@ architecture of Burda et al. (2016, section 5.1)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,7 @@ from vae_lab.ranges import checked
 def mlp(sizes: Sequence[int], activation_name: str) -> nn.Sequential:
     """Linear layers of the given sizes with an activation after each."""
     layers: list[nn.Module] = []
-    for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+    for size_in, size_out in itertools.pairwise(sizes):
         layers += [nn.Linear(size_in, size_out), make_activation(activation_name)]
     return nn.Sequential(*layers)
 
