@@ -220,7 +220,9 @@ def test_every_writer_of_summary_json_goes_through_the_atomic_write() -> None:
             and ("summary" in ast.unparse(node.args[0]).lower() or "SUMMARY" in ast.unparse(node.args[0]))
         ]
     assert offenders == {}
-    assert {"train.py", "state.py", "stopped_runs.py", "evaluate.py"} <= set(writers)
+    # one writer of the finished summary (run/stages.py), the running one (run/state.py), the stopped one
+    # (run/stopped_runs.py) and the evaluation's update (evaluate.py)
+    assert {"stages.py", "state.py", "stopped_runs.py", "evaluate.py"} <= set(writers)
 
 
 # ---------------------------------------------------------------- best checkpoint, metric scale
