@@ -891,6 +891,21 @@ def test_latents_of_any_other_posterior_come_from_a_seed_drawn_from_the_generato
     torch.testing.assert_close(after, torch.randn(1))  # the global stream is left as it was
 
 
+def test_latents_of_any_other_posterior_under_image_noise_come_from_the_first_images_fork_seed() -> None:
+    """With each image's own noise (what evaluate() uses), a posterior without a known reparameterization
+    samples from the global stream seeded by ImageNoise.fork_seed, leaving that stream as it was."""
+    from torch.distributions import Laplace
+
+    posterior = Independent(Laplace(torch.zeros(2, 2), torch.ones(2, 2)), 1)
+    torch.manual_seed(123)
+    z = draw_latents(posterior, 5, ImageNoise(7, range(2)))
+    after = torch.randn(1)
+    torch.manual_seed(ImageNoise(7, range(2)).fork_seed(torch.device("cpu")))
+    torch.testing.assert_close(z, posterior.sample((5,)), rtol=0, atol=0)
+    torch.manual_seed(123)
+    torch.testing.assert_close(after, torch.randn(1))
+
+
 def test_latents_of_a_full_covariance_posterior_are_loc_plus_the_cholesky_factor_times_the_noise() -> None:
     """z = mu + L eps, eps from the generator: what MultivariateNormal.rsample computes from its own draw."""
     from torch.distributions import MultivariateNormal
