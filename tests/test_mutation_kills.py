@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from vae_lab.evaluation.importance_sampling import (
     ProgressPrinter,
     active_units,
     automatic_budget_mb,
+    collect_posterior,
     decoded_values_per_sample,
     draw_latents,
     evaluate,
@@ -33,10 +35,12 @@ from vae_lab.evaluation.importance_sampling import (
 )
 from vae_lab.evaluation.noise import ImageNoise
 from vae_lab.model.likelihoods import DiscretizedLogisticLikelihood, GaussianLikelihood, LaplaceLikelihood
+from vae_lab.model.likelihoods.calibrated import CalibratedNormal, TrainingSetScale
 from vae_lab.model.likelihoods.continuous_bernoulli import StableContinuousBernoulli, log_mean_of_exponential_decay
 from vae_lab.model.networks import MLPEncoder
 from vae_lab.model.objectives import ELBO, IWAE, ELBOTerms
 from vae_lab.model.objectives.schedules import CapacitySchedule, KLWarmup, linear_ramp
+from vae_lab.model.posteriors import MOMENT_SAMPLES
 from vae_lab.model.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_lab.model.priors.base import diagonal_gaussian_mixture_log_prob
 from vae_lab.model.priors.vamp import EDGE
@@ -774,6 +778,94 @@ def test_evaluate_sums_every_batch_and_reports_its_settings() -> None:
     assert result.seconds >= 0
 
 
+def test_evaluate_runs_elbo_surgery_and_the_inference_gaps_with_its_settings() -> None:
+    """ELBO surgery (Hoffman & Johnson 2016) on the (mu, sigma) of every image's q(z|x), against the average
+    KL and with the seed's "surgery" stream; the inference gaps (Cremer et al. 2018) on the first images
+    with the evaluation's k and chunk; E_q[z] exact for a Gaussian q (0 extra draws)."""
+    from vae_lab.evaluation.decompositions import InferenceGapSettings, elbo_surgery, inference_gaps
+    from vae_lab.evaluation.noise import stream_generator
+
+    model = small_vae().train()
+    x = torch.rand(7, 1, 1, 3)
+    gap_settings = InferenceGapSettings(n_images=2, steps=3, n_samples=2, images_per_batch=2)
+    settings = EvaluationSettings(
+        n_importance_samples=6,
+        seed=4,
+        images_per_batch=3,
+        samples_per_chunk=4,
+        surgery={"n_samples": 3},
+        inference_gap=gap_settings,
+    )
+    result = evaluate(model, x, settings)
+    assert model.training and result.notes == [] and result.posterior_mean_samples == 0
+    model.eval()
+    with torch.no_grad():
+        posterior = model.posterior(x)
+        average_kl = float(torch.distributions.kl_divergence(posterior, model.prior.distribution()).double().mean())
+        surgery = elbo_surgery(
+            posterior.base_dist.loc,
+            posterior.base_dist.scale,
+            model.prior.log_prob,
+            average_kl,
+            3,
+            stream_generator(4, "surgery", "cpu"),
+        )
+    assert asdict(result.surgery) == pytest.approx(asdict(surgery), rel=1e-9, abs=1e-12)
+    gaps = inference_gaps(model, x, gap_settings, 6, result.samples_per_chunk, 4)
+    measured, expected = asdict(result.inference_gap), asdict(gaps)
+    assert measured.pop("settings") == expected.pop("settings") == asdict(gap_settings)
+    measured.pop("seconds"), expected.pop("seconds")  # wall-clock
+    assert measured == pytest.approx(expected, rel=1e-9, abs=1e-12) and measured["n_importance_samples"] == 6
+    model.train()
+    without = evaluate(model, x, EvaluationSettings(n_importance_samples=6, seed=4, surgery={"n_samples": 0}))
+    assert without.surgery is None and without.inference_gap is None
+    # summary.json's evaluation block and the printed table carry both, and the notes
+    details = result.details()
+    assert details["surgery"] == result.surgery.details() and details["inference_gap"] == result.inference_gap.details()
+    assert "notes" not in details and "surgery" not in without.details()
+    noted = replace(result, notes=["a note"], threads=1, posterior_mean_samples=1000)
+    assert noted.details()["notes"] == ["a note"]
+    rows = noted.table().splitlines()
+    for row in (*result.surgery.rows(), *result.inference_gap.rows(), ("note", "a note")):
+        assert any(line.split() == f"{row[0]}  {row[1]}".split() for line in rows), row
+    assert any(line.endswith("s on 1 thread") for line in rows)
+    assert any(line.endswith(" (E_q[z] from 1000 samples)") for line in rows)
+    assert any(line.endswith("s on 2 threads") for line in replace(result, threads=2).table().splitlines())
+    assert "E_q[z] from" not in result.table()
+
+
+def test_evaluation_settings_build_the_surgery_and_gap_sections_naming_them() -> None:
+    from vae_lab.evaluation.decompositions import InferenceGapSettings, SurgerySettings
+
+    settings = EvaluationSettings(surgery={"n_samples": 2}, inference_gap={"n_images": 3, "steps": 4})
+    assert settings.surgery == SurgerySettings(n_samples=2)
+    assert settings.inference_gap == InferenceGapSettings(n_images=3, steps=4)
+    assert EvaluationSettings(n_test_images=3, inference_gap={"n_images": 3}).inference_gap.n_images == 3
+    with pytest.raises(ConfigError) as error:
+        EvaluationSettings(n_test_images=3, inference_gap={"n_images": 4})
+    assert str(error.value) == (
+        "inference_gap.n_images=4 is more than the n_test_images=3 evaluated; the gaps are measured on the first "
+        "of those images: lower it, or raise n_test_images."
+    )
+    for section in ("surgery", "inference_gap"):
+        with pytest.raises(ConfigError, match=rf"^unknown setting\(s\) eval\.{section}\.bogus; known: "):
+            EvaluationSettings(**{section: {"bogus": 1}})
+
+
+def test_evaluate_of_a_flow_posterior_skips_surgery_with_a_note_and_counts_the_draws_of_its_mean() -> None:
+    model = flow_vae()
+    x = torch.rand(3, 1, 1, 3)
+    result = evaluate(model, x, EvaluationSettings(n_importance_samples=4, seed=1, surgery={"n_samples": 2}))
+    assert result.surgery is None
+    assert result.notes == [
+        "ELBO surgery skipped: it needs the diagonal Gaussian posterior (Independent(Normal)); this model's q(z|x) "
+        "is TransformedDistribution"
+    ]
+    assert result.posterior_mean_samples == MOMENT_SAMPLES
+    many = evaluate(model, x, EvaluationSettings(n_importance_samples=MOMENT_SAMPLES + 3, seed=1))
+    assert many.posterior_mean_samples == MOMENT_SAMPLES + 3
+
+
 def test_evaluate_takes_the_first_n_test_images_and_refuses_more_than_there_are() -> None:
     model, x = small_vae(), torch.rand(6, 1, 1, 3)
     first = evaluate(model, x, EvaluationSettings(n_importance_samples=4, n_test_images=4))
@@ -807,6 +899,87 @@ def test_latents_of_any_other_posterior_come_from_a_seed_drawn_from_the_generato
     torch.testing.assert_close(z, posterior.sample((5,)), rtol=0, atol=0)
     torch.manual_seed(123)
     torch.testing.assert_close(after, torch.randn(1))  # the global stream is left as it was
+
+
+def test_latents_of_any_other_posterior_under_image_noise_come_from_the_first_images_fork_seed() -> None:
+    """With each image's own noise (what evaluate() uses), a posterior without a known reparameterization
+    samples from the global stream seeded by ImageNoise.fork_seed, leaving that stream as it was."""
+    from torch.distributions import Laplace
+
+    posterior = Independent(Laplace(torch.zeros(2, 2), torch.ones(2, 2)), 1)
+    torch.manual_seed(123)
+    z = draw_latents(posterior, 5, ImageNoise(7, range(2)))
+    after = torch.randn(1)
+    torch.manual_seed(ImageNoise(7, range(2)).fork_seed(torch.device("cpu")))
+    torch.testing.assert_close(z, posterior.sample((5,)), rtol=0, atol=0)
+    torch.manual_seed(123)
+    torch.testing.assert_close(after, torch.randn(1))
+
+
+def test_latents_of_a_full_covariance_posterior_are_loc_plus_the_cholesky_factor_times_the_noise() -> None:
+    """z = mu + L eps, eps from the generator: what MultivariateNormal.rsample computes from its own draw."""
+    from torch.distributions import MultivariateNormal
+
+    loc = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64)
+    scale_tril = torch.tensor([[[2.0, 0.0], [0.5, 0.1]], [[1.0, 0.0], [-1.0, 3.0]]], dtype=torch.float64)
+    posterior = MultivariateNormal(loc, scale_tril=scale_tril)
+    z = draw_latents(posterior, 3, torch.Generator().manual_seed(4))
+    noise = torch.randn((3, 2, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = loc + torch.einsum("bij,nbj->nbi", scale_tril, noise)
+    assert z.shape == (3, 2, 2)
+    torch.testing.assert_close(z, expected)
+
+
+def test_latents_of_a_flow_posterior_are_its_base_draws_through_each_step() -> None:
+    """q(z|x) a TransformedDistribution (planar/IAF flows): the base Gaussian's draw from the generator,
+    then every transform in order (here z = 3 exp(z0) - 1)."""
+    from torch.distributions import AffineTransform, ExpTransform, TransformedDistribution
+
+    loc = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    scale = torch.tensor([[2.0, 0.1]], dtype=torch.float64)
+    posterior = TransformedDistribution(
+        Independent(Normal(loc, scale), 1), [ExpTransform(), AffineTransform(-1.0, 3.0)]
+    )
+    z = draw_latents(posterior, 4, torch.Generator().manual_seed(2))
+    noise = torch.randn((4, 1, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(z, 3.0 * torch.exp(loc + scale * noise) - 1.0)
+
+
+def test_elbo_surgery_collects_the_moments_of_a_diagonal_gaussian_posterior_and_skips_any_other() -> None:
+    """ELBO surgery (Hoffman & Johnson 2016) aggregates q(z|x) = N(mu, diag sigma^2): collect_posterior keeps
+    (mu, sigma) of each batch; another family (a full covariance) stops the collection with a note saying why."""
+    from test_evaluation import IMAGE_SHAPE, LATENT_DIM
+
+    from vae_lab.model.networks import MLPDecoder
+    from vae_lab.model.posteriors import FullCovariancePosterior
+    from vae_lab.model.vae import VAE
+
+    x = torch.rand(3, *IMAGE_SHAPE)
+    for family in (None, FullCovariancePosterior):
+        torch.manual_seed(0)
+        model = VAE(
+            encoder=MLPEncoder(IMAGE_SHAPE, LATENT_DIM, hidden_sizes=[], posterior=family),
+            decoder=MLPDecoder(IMAGE_SHAPE, LATENT_DIM, out_channels=1, hidden_sizes=[]),
+            likelihood=GaussianLikelihood(channels=1, variance="fixed"),
+            prior=StandardNormalPrior(LATENT_DIM),
+            objective=ELBO(),
+            optimizer=lambda parameters: torch.optim.Adam(parameters),
+            image_shape=IMAGE_SHAPE,
+        )
+        earlier = (torch.zeros(1, LATENT_DIM), torch.ones(1, LATENT_DIM))
+        collected, notes = [earlier], []
+        result = collect_posterior(model, x, collected, notes)
+        if family is None:
+            posterior = model.posterior(x)
+            assert result is collected and len(result) == 2 and result[0] is earlier and notes == []
+            torch.testing.assert_close(result[1][0], posterior.base_dist.loc)
+            torch.testing.assert_close(result[1][1], posterior.base_dist.scale)
+        else:
+            assert result is None
+            assert notes == [
+                "ELBO surgery skipped: it needs the diagonal Gaussian posterior (Independent(Normal)); "
+                "this model's q(z|x) is MultivariateNormal"
+            ]
 
 
 # ---------------------------------------------------------------- objectives
@@ -1072,3 +1245,187 @@ def test_monte_carlo_kl_per_dimension_uses_the_drawn_latents() -> None:
         terms, _ = importance_sampled_terms(model, x, 7, 7, torch.Generator().manual_seed(1))
     assert terms.kl_per_dim.shape == (4, 2)
     torch.testing.assert_close(terms.kl_per_dim.sum(-1), terms.kl, rtol=1e-5, atol=1e-5)
+
+
+def test_monte_carlo_kl_per_dimension_is_the_mean_over_all_k_samples_across_chunks() -> None:
+    """k = 5 samples in chunks of 2, 2 and 1: the KL of each dimension is mean_l [log q(z_lj|x) - log p(z_lj)]
+    over all five draws (each image's own noise, so one draw of five is the same samples)."""
+    model, x = small_vae(kl="mc"), torch.rand(4, 1, 1, 3)
+    with torch.no_grad():
+        terms, means = importance_sampled_terms(model, x, 5, 2, ImageNoise(3, range(4)))
+        posterior = model.posterior(x)
+        z = draw_latents(posterior, 5, ImageNoise(3, range(4)))
+        expected = (posterior.base_dist.log_prob(z) - model.prior.log_prob_per_dim(z)).mean(0)
+    torch.testing.assert_close(terms.kl_per_dim, expected)
+    torch.testing.assert_close(terms.kl, (posterior.log_prob(z) - model.prior.log_prob(z)).mean(0))
+    torch.testing.assert_close(means, posterior.mean)  # a Gaussian q: its exact mean
+
+
+def flow_vae():
+    """small_vae with a planar-flow q(z|x) (Rezende & Mohamed 2015), whose mean has no closed form."""
+    from vae_lab.model.networks import MLPDecoder
+    from vae_lab.model.posteriors import PlanarPosterior
+    from vae_lab.model.vae import VAE
+
+    torch.manual_seed(0)
+    return VAE(
+        encoder=MLPEncoder((1, 1, 3), 2, hidden_sizes=[4], posterior=PlanarPosterior),
+        decoder=MLPDecoder((1, 1, 3), 2, out_channels=1, hidden_sizes=[4]),
+        likelihood=GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.5),
+        prior=StandardNormalPrior(2),
+        objective=ELBO(),
+        optimizer=lambda parameters: torch.optim.Adam(parameters),
+        image_shape=(1, 1, 3),
+    )
+
+
+@pytest.mark.parametrize("k", [5, MOMENT_SAMPLES + 7])
+def test_posterior_means_of_a_flow_are_the_mean_of_at_least_moment_samples_draws(k: int) -> None:
+    """No closed-form E_q[z]: the mean of the k importance samples, topped up with the same images' next
+    draws to MOMENT_SAMPLES (the noise of the mean adds Var_q / draws to the activity)."""
+    model, x = flow_vae(), torch.rand(3, 1, 1, 3)
+    with torch.no_grad():
+        terms, means = importance_sampled_terms(model, x, k, 4, ImageNoise(1, range(3)))
+        posterior = model.posterior(x)
+        z = draw_latents(posterior, max(k, MOMENT_SAMPLES), ImageNoise(1, range(3)))
+        log_posterior = posterior.log_prob(z)  # z just drawn: the flow knows its inverse
+    assert terms.kl_per_dim is None and means.shape == (3, 2)
+    torch.testing.assert_close(means, z.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms.log_posterior, log_posterior[:k], rtol=1e-5, atol=1e-5)
+
+
+def test_learned_scale_starts_at_twice_a_floor_above_half_the_initial_scale() -> None:
+    """softplus(raw) + min_scale starts at 0.1, or at 2 * min_scale when the floor is at least 0.05."""
+    for floor, start in ((0.01, 0.1), (0.08, 0.16), (0.1, 0.2), (0.15, 0.3)):
+        scale = GaussianLikelihood(channels=1, min_sigma=floor).pixel_scale(torch.zeros(1, 1, 1, 1))
+        assert float(scale.detach()) == pytest.approx(start)
+
+
+def test_a_fixed_scale_lives_on_the_decoder_outputs_device() -> None:
+    """The ``meta`` device stands in for a GPU: the scale must be made where the decoder's output is."""
+    output = torch.zeros(1, 1, 2, 2, device="meta")
+    for likelihood in (GaussianLikelihood(channels=1, variance="fixed"), LaplaceLikelihood(channels=1, scale="fixed")):
+        scale = likelihood.pixel_scale(output)
+        assert scale.device == output.device and scale.shape == ()
+
+
+# ---------------------------------------------------------------- the calibrated decoder (Rybkin et al. 2021)
+def test_calibrated_normal_fits_one_shared_sigma_to_the_values_it_scores() -> None:
+    """sigma* = sqrt(mean (x - mu)^2) over every value scored, floored; log p = log N(x; mu, sigma*^2);
+    the gradient flows through sigma*; on_fit hears (sum of squared residuals, their count)."""
+    loc = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    value = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
+    fits = []
+    distribution = CalibratedNormal(
+        loc, 0.01, torch.tensor(0.3), on_fit=lambda total, count: fits.append((total, count))
+    )
+    assert distribution.batch_shape == (2, 3) and distribution.event_shape == ()
+    assert distribution.mean is loc
+    sigma = math.sqrt(7 / 6)  # residuals 1, 0, -2, 1, -1, 0
+    log_prob = distribution.log_prob(value)
+    torch.testing.assert_close(log_prob, Normal(loc.detach(), sigma).log_prob(value))
+    assert len(fits) == 1 and fits[0][1] == 6 and float(fits[0][0]) == 7.0 and not fits[0][0].requires_grad
+    (gradient,) = torch.autograd.grad(log_prob.sum(), loc)
+    reference_loc = loc.detach().clone().requires_grad_()
+    fitted = (value - reference_loc).square().mean().sqrt()
+    (reference,) = torch.autograd.grad(Normal(reference_loc, fitted).log_prob(value).sum(), reference_loc)
+    torch.testing.assert_close(gradient, reference)
+    torch.testing.assert_close(distribution.fitted_scale(value), torch.tensor(sigma, dtype=torch.float64))
+    floored = CalibratedNormal(loc.detach(), 2.0, torch.tensor(0.3))  # no on_fit: nobody to tell
+    torch.testing.assert_close(floored.fitted_scale(value), torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(floored.log_prob(value), Normal(loc.detach(), 2.0).log_prob(value))
+
+
+def test_calibrated_normal_draws_with_the_fixed_sample_scale() -> None:
+    loc = torch.tensor([[0.0, 5.0]], requires_grad=True)
+    distribution = CalibratedNormal(loc, 0.01, torch.tensor(0.5))
+    torch.manual_seed(3)
+    drawn = distribution.rsample(torch.Size((4,)))
+    torch.manual_seed(3)
+    noise = torch.randn(4, 1, 2)
+    torch.testing.assert_close(drawn, loc.detach() + 0.5 * noise)
+    assert drawn.requires_grad
+    torch.manual_seed(3)
+    single = distribution.rsample()  # the default sample shape: one draw
+    torch.manual_seed(3)
+    torch.testing.assert_close(single, loc.detach() + 0.5 * torch.randn(1, 2))
+
+
+def test_training_set_scale_pools_an_epochs_batches() -> None:
+    """scale = sqrt(sum of squared residuals / count) over the epoch's training batches, floored; a
+    checkpointed buffer, like the running sums; no batch: the scale stays."""
+    pooled = TrainingSetScale(initial_scale=0.25, min_scale=0.05)
+    assert set(pooled.state_dict()) == {"scale", "squared_sum", "count"}
+    assert float(pooled.scale) == 0.25 and pooled.scale.shape == ()
+    assert pooled.squared_sum.dtype == pooled.count.dtype == torch.float64
+    assert float(pooled.squared_sum) == float(pooled.count) == 0.0 and pooled.count.shape == ()
+    pooled.finish_epoch()  # before any batch: unchanged
+    assert float(pooled.scale) == 0.25
+    pooled.add(torch.tensor(3.0), 4)
+    pooled.add(torch.tensor(5.0, dtype=torch.float64), 4)
+    assert float(pooled.squared_sum) == 8.0 and float(pooled.count) == 8.0
+    pooled.finish_epoch()
+    assert float(pooled.scale) == 1.0  # sqrt(8 / 8)
+    assert float(pooled.squared_sum) == float(pooled.count) == 0.0  # the next epoch starts afresh
+    pooled.add(torch.tensor(1e-4), 4)
+    pooled.finish_epoch()
+    assert float(pooled.scale) == pytest.approx(0.05)  # sqrt(2.5e-5) = 0.005, floored at 0.05
+    pooled.add(torch.tensor(1.0), 1)
+    pooled.start_epoch()
+    pooled.finish_epoch()
+    assert float(pooled.scale) == pytest.approx(0.05)
+    pooled.add(torch.tensor(0.25), 1)  # an epoch of one value: its own residual
+    pooled.finish_epoch()
+    assert float(pooled.scale) == pytest.approx(0.5)
+
+
+def test_training_set_scale_sums_over_the_ranks_of_a_process_group(tmp_path: Path) -> None:
+    """Under DDP the epoch's sums are all-reduced before the root mean; a group of one rank (gloo, in
+    this process) gives the rank's own sigma."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        pooled = TrainingSetScale(initial_scale=0.25, min_scale=0.05)
+        pooled.add(torch.tensor(9.0), 4)
+        pooled.finish_epoch()
+        assert float(pooled.scale) == pytest.approx(1.5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gaussian_optimal_variance_fits_in_training_and_uses_the_training_sets_sigma_in_evaluation() -> None:
+    likelihood = GaussianLikelihood(channels=1, variance="optimal", fixed_sigma=0.2, min_sigma=0.01)
+    assert float(likelihood.training_set_sigma.scale) == pytest.approx(0.2)
+    assert likelihood.training_set_sigma.min_scale == 0.01
+    output = torch.full((2, 1, 2, 2), 0.5, dtype=torch.float64)
+    x = output + torch.tensor([[[[0.1, -0.1], [0.3, -0.3]]]], dtype=torch.float64)
+    likelihood.train()
+    likelihood.training_set_sigma.add(torch.tensor(100.0), 1)  # left over from an epoch that did not finish
+    likelihood.train_epoch_started()
+    base = likelihood(output).base_dist
+    assert isinstance(base, CalibratedNormal) and base.min_scale == 0.01
+    assert float(base.sample_scale) == pytest.approx(0.2)
+    sigma = math.sqrt((0.01 + 0.01 + 0.09 + 0.09) / 4)
+    torch.testing.assert_close(likelihood(output).log_prob(x), Normal(output, sigma).log_prob(x).sum((-3, -2, -1)))
+    torch.testing.assert_close(likelihood(output).log_prob(x + 0.0), likelihood(output).log_prob(x))
+    tiny = likelihood(output + 2.0).log_prob(output + 2.0)  # residuals 0: sigma floored at min_sigma
+    torch.testing.assert_close(tiny, Normal(output, 0.01).log_prob(output).sum((-3, -2, -1)))
+    likelihood.train_epoch_finished()  # pooled over the four fits: three of sigma^2 and one of 0
+    assert float(likelihood.training_set_sigma.scale) == pytest.approx(math.sqrt(3 * sigma**2 / 4), rel=1e-6)
+    likelihood.eval()
+    scale = likelihood.pixel_scale(output)
+    assert scale.dtype == torch.float64 and float(scale) == pytest.approx(math.sqrt(3 * sigma**2 / 4), rel=1e-6)
+    evaluation = likelihood(output).base_dist
+    assert isinstance(evaluation, Normal)
+    torch.testing.assert_close(evaluation.scale, torch.full_like(output, float(scale)))
+    likelihood.train_epoch_started()
+    assert float(likelihood.training_set_sigma.count) == 0.0
+
+
+def test_gaussian_variance_modes_other_than_optimal_have_no_training_set_sigma() -> None:
+    likelihood = GaussianLikelihood(channels=1, variance="fixed", fixed_sigma=0.2).train()
+    assert not hasattr(likelihood, "training_set_sigma")
+    likelihood.train_epoch_started()
+    likelihood.train_epoch_finished()
+    assert isinstance(likelihood(torch.zeros(1, 1, 2, 2)).base_dist, Normal)
