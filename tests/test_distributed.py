@@ -136,27 +136,34 @@ def test_gpu_leases_are_exclusive_per_process(tmp_path: Path) -> None:
     """Real fcntl locks held by real processes: two workers get different GPUs; a third that wants
     two GPUs when one is left is refused with the fix."""
     script = (
-        "import os, sys, time\n"
+        "import os, sys\n"
         "from vae_lab.run.devices import lease_gpus\n"
         "lease = lease_gpus(int(sys.argv[1]))\n"
         "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
-        "time.sleep(float(sys.argv[2]))\n"
+        "if sys.argv[2] == 'hold':\n"
+        "    sys.stdin.read()  # holds its lease until the test closes its stdin (no clock)\n"
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5,7", "VAE_LAB_LOCK_DIR": str(tmp_path)}
     holders = [
-        subprocess.Popen([sys.executable, "-c", script, "1", "60"], env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, "1", "hold"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     try:
         held = sorted(holder.stdout.readline().strip() for holder in holders)
         assert len(held) == 2 and len(set(held)) == 2 and set(held) <= {"3", "5", "7"}
         refused = subprocess.run(
-            [sys.executable, "-c", script, "2", "0"], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script, "2", "release"], env=env, capture_output=True, text=True, timeout=120
         )
         assert refused.returncode != 0
         assert "only 1 of the 3 visible GPUs are free" in refused.stderr and "hydra.launcher.n_jobs" in refused.stderr
         last = subprocess.run(
-            [sys.executable, "-c", script, "1", "0"], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script, "1", "release"], env=env, capture_output=True, text=True, timeout=120
         )
         assert last.stdout.strip() == ({"3", "5", "7"} - set(held)).pop()
     finally:
